@@ -1,0 +1,3 @@
+from edge_seg.cli import main
+
+main()

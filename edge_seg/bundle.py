@@ -1,0 +1,179 @@
+"""The model bundle: a folder holding ``edgeseg.json`` beside the model files.
+
+A bundle is self-describing: the runtime needs nothing else to reproduce the trained model's
+preprocessing. ``export/`` writes bundles, ``edge_seg`` reads them; this module is the contract
+between the two and must stay torch-free.
+
+Schema of ``edgeseg.json`` (format version 1)
+---------------------------------------------
+``format_version`` : int
+    Bundles with a newer version than :data:`FORMAT_VERSION` are refused.
+``name`` : str
+``modality`` : ``"CT"`` or ``"MR"``
+``channels`` : list of str
+    One entry per network input channel, e.g. ``["CT"]``.
+``labels`` : dict[str, int]
+    Organ name -> integer value, ``"background": 0`` included. FLARE numbering where the organ
+    exists in FLARE (see :mod:`evaluator.labels`).
+``axis_order`` : ``"zyx"``
+    Arrays are in SimpleITK/NumPy order (slowest axis first), as nnU-Net's ``SimpleITKIO``
+    hands them to the network; no reorientation is applied (nnU-Net applies none either).
+``transpose_forward`` : list[int]
+    Axis permutation applied after reading (nnU-Net plans' ``transpose_forward``).
+``spacing_mm`` : list[float]
+    Target voxel spacing in the transposed axis order.
+``normalization`` : list of dict, one per channel
+    ``{"scheme": "ct", "lower": p00_5, "upper": p99_5, "mean": m, "std": s}`` (clip, then
+    z-score with the training foreground statistics, nnU-Net's ``CTNormalization``) or
+    ``{"scheme": "zscore"}`` (per-image z-score, nnU-Net's ``ZScoreNormalization``) or
+    ``{"scheme": "none"}``.
+``patch_size`` : list[int]
+    Sliding-window patch in the transposed axis order.
+``resampling`` : dict
+    ``{"anisotropy_threshold": 3.0}`` - nnU-Net resamples the out-of-plane axis separately
+    (with order 0) when the spacing ratio exceeds this threshold.
+``presence_input`` : list of str or null
+    Organ order of the network's presence-prior input (1 = present, 0 = absent), or null for
+    a network without one.
+``presence_output`` : bool
+    Whether the network returns presence logits as a second output (same organ order as
+    ``presence_input``, or as ``labels`` without background when there is no input).
+``io_names`` : dict
+    ``{"image": "image", "presence": "presence", "logits": "logits",
+    "presence_logits": "presence_logits"}``.
+``files`` : dict[str, str]
+    Precision -> path relative to the bundle: ``"fp32"`` (ONNX, always present),
+    ``"int8_openvino"`` (OpenVINO IR ``.xml``; ``.bin`` beside it), ``"int8_onnx"`` (QDQ ONNX),
+    and optionally ``"int8_openvino_mixed"``.
+``validated_precisions`` : list of str
+    Precisions whose fidelity report met the bar; ``--precision auto`` picks among these.
+``mirror_axes`` : list[int]
+    Axes the source model allowed for test-time mirroring (informational; edgeseg runs without
+    TTA, like ``nnUNetv2_predict --disable_tta``).
+``provenance`` : dict
+    Source checkpoint path and SHA-256, export tool and version, calibration set, ONNX max abs
+    difference vs PyTorch, and anything else the exporter knows.
+``fidelity`` : dict
+    The quantisation report (per-class Dice INT8 vs fp32, latency ratios).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_seg.errors import EdgesegError
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "edgeseg.json"
+
+DEFAULT_IO_NAMES = {
+    "image": "image",
+    "presence": "presence",
+    "logits": "logits",
+    "presence_logits": "presence_logits",
+}
+
+
+@dataclass
+class Bundle:
+    """In-memory form of ``edgeseg.json``; ``root`` is the bundle folder."""
+
+    name: str
+    modality: str
+    channels: list[str]
+    labels: dict[str, int]
+    spacing_mm: list[float]
+    normalization: list[dict[str, Any]]
+    patch_size: list[int]
+    files: dict[str, str]
+    transpose_forward: list[int] = field(default_factory=lambda: [0, 1, 2])
+    axis_order: str = "zyx"
+    resampling: dict[str, Any] = field(default_factory=lambda: {"anisotropy_threshold": 3.0})
+    presence_input: list[str] | None = None
+    presence_output: bool = False
+    io_names: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_IO_NAMES))
+    validated_precisions: list[str] = field(default_factory=lambda: ["fp32"])
+    mirror_axes: list[int] = field(default_factory=list)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    fidelity: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+    root: Path | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return max(self.labels.values()) + 1
+
+    @property
+    def organs(self) -> dict[str, int]:
+        """Labels without background."""
+        return {name: value for name, value in self.labels.items() if value != 0}
+
+    def model_path(self, precision: str) -> Path:
+        """Absolute path of the model file for ``precision`` (raises if the bundle lacks it)."""
+        if precision not in self.files:
+            have = ", ".join(sorted(self.files))
+            raise EdgesegError(f"{self._where()}: no '{precision}' model in bundle (has: {have})")
+        assert self.root is not None
+        return self.root / self.files[precision]
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("root")
+        return data
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``edgeseg.json`` into ``folder`` (atomically) and return its path."""
+        folder = Path(folder)
+        path = folder / MANIFEST_NAME
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        tmp.replace(path)
+        self.root = folder
+        return path
+
+    def _where(self) -> str:
+        return str(self.root / MANIFEST_NAME) if self.root else MANIFEST_NAME
+
+
+def load_bundle(folder: str | Path) -> Bundle:
+    """Read and check a bundle folder.
+
+    Raises :class:`EdgesegError` (one line, naming the file) when the manifest is missing,
+    unreadable, of a newer format version, or refers to model files that are not there.
+    """
+    folder = Path(folder)
+    manifest = folder / MANIFEST_NAME
+    if not folder.is_dir():
+        raise EdgesegError(f"{folder}: model bundle folder does not exist")
+    if not manifest.is_file():
+        raise EdgesegError(f"{folder}: not a model bundle ({MANIFEST_NAME} is missing)")
+    try:
+        data = json.loads(manifest.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise EdgesegError(f"{manifest}: unreadable bundle manifest ({exc})") from exc
+    version = data.get("format_version")
+    if not isinstance(version, int):
+        raise EdgesegError(f"{manifest}: format_version missing or not an integer")
+    if version > FORMAT_VERSION:
+        raise EdgesegError(
+            f"{manifest}: bundle format version {version} is newer than this edgeseg supports "
+            f"({FORMAT_VERSION}); upgrade edgeseg"
+        )
+    known = set(Bundle.__dataclass_fields__) - {"root"}
+    try:
+        bundle = Bundle(**{k: v for k, v in data.items() if k in known})
+    except TypeError as exc:
+        raise EdgesegError(f"{manifest}: incomplete bundle manifest ({exc})") from exc
+    bundle.root = folder
+    if "fp32" not in bundle.files:
+        raise EdgesegError(f"{manifest}: bundle lists no fp32 model file")
+    for precision, rel in bundle.files.items():
+        path = folder / rel
+        if not path.is_file():
+            raise EdgesegError(f"{path}: model file for '{precision}' is missing from the bundle")
+        if path.suffix == ".xml" and not path.with_suffix(".bin").is_file():
+            raise EdgesegError(f"{path.with_suffix('.bin')}: OpenVINO weights file is missing")
+    return bundle

@@ -1,0 +1,74 @@
+"""Atomic file and folder writes: a temporary sibling first, then one rename.
+
+An interrupted run therefore leaves either the old state or the complete new file, never a
+half-written one. Used by the evaluator, the runtime and the exporters alike.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def _suffixes(path: Path) -> str:
+    # Keep the full suffix (".nii.gz") so that writers choosing a format by extension still work.
+    return "".join(path.suffixes)
+
+
+@contextmanager
+def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it onto ``target`` on success.
+
+    On an exception the temporary file is removed and ``target`` is left untouched.
+
+    Examples
+    --------
+    >>> with atomic_path(out_dir / "cases.csv") as tmp:  # doctest: +SKIP
+    ...     tmp.write_text("case,organ\\n")
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(
+        prefix=f".{target.name.split('.')[0]}.", suffix=".tmp" + _suffixes(target),
+        dir=target.parent,
+    )
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary folder beside ``target``; rename it to ``target`` on success.
+
+    ``target`` must not exist yet (callers decide about overwriting before calling). On an
+    exception the temporary folder is removed.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            # Only an empty placeholder may be replaced (callers refuse non-empty targets).
+            target.rmdir()
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_text_atomic(target: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` to ``target`` atomically and return the path."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(text)
+    return Path(target)
