@@ -16,6 +16,7 @@ spike shorter than the interval; the kernel peak cannot, but covers one process 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -182,10 +183,8 @@ def kill_tree(root_pid: int) -> None:
     except (ProcessLookupError, PermissionError):
         pass
     for proc in descendants:
-        try:
+        with contextlib.suppress(psutil.Error):
             proc.kill()
-        except psutil.Error:
-            pass
 
 
 def _tail(path: Path, chars: int = STDERR_TAIL_CHARS) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import textwrap
 
@@ -101,10 +102,8 @@ def test_time_limit_kills_the_whole_tree() -> None:
     assert result.exit_code is not None and result.exit_code < 0  # killed by a signal
     grandchild_pid = int(result.stdout_tail.split()[0])
     # The grandchild is gone (or a zombie awaiting its reaper), not still sleeping.
-    try:
+    with contextlib.suppress(psutil.NoSuchProcess):
         assert psutil.Process(grandchild_pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        pass
 
 
 def test_memory_limit_kills_and_is_marked() -> None:
