@@ -178,10 +178,9 @@ def kill_tree(root_pid: int) -> None:
         descendants = psutil.Process(root_pid).children(recursive=True)
     except psutil.Error:
         descendants = []
-    try:
-        os.killpg(root_pid, signal.SIGKILL)  # the command leads its own session/group
-    except (ProcessLookupError, PermissionError):
-        pass
+    # The command leads its own session and process group, so its id is the group's id.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(root_pid, signal.SIGKILL)
     for proc in descendants:
         with contextlib.suppress(psutil.Error):
             proc.kill()
