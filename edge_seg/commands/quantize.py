@@ -1,0 +1,64 @@
+"""``edgeseg quantize BUNDLE --calib IMAGES``: add validated INT8 models to a bundle.
+
+Needs the ``export`` extra (NNCF for the OpenVINO route, onnx for both); imported inside the
+command so the runtime CLI starts without them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from edge_seg.errors import MissingExtraError
+
+
+def _require(backends: list[str]) -> None:
+    needed = [("onnx", "onnx")]
+    if "openvino" in backends:
+        needed.append(("nncf", "nncf"))
+    for module, label in needed:
+        try:
+            __import__(module)
+        except ImportError as exc:
+            raise MissingExtraError("export", label) from exc
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("quantize")
+    def quantize(
+        bundle: Path = typer.Argument(..., help="Model bundle folder (from edgeseg export)."),
+        calib: Path = typer.Option(
+            ..., "--calib", help="Folder of real images; calibration patches are cut from "
+            "them after the bundle's preprocessing."
+        ),
+        holdout: Path | None = typer.Option(
+            None, "--holdout", help="Held-out images for the fidelity report (default: the "
+            "last quarter of --calib, not used for calibration)."
+        ),
+        backend: list[str] = typer.Option(
+            ["openvino", "onnxruntime"], "--backend",
+            help="openvino (NNCF -> OpenVINO IR INT8) and/or onnxruntime (QDQ INT8 ONNX)."
+        ),
+        patches_per_image: int = typer.Option(
+            4, "--patches-per-image", min=1, help="Calibration patches per image."
+        ),
+        bar: float = typer.Option(
+            0.98, "--bar", min=0.0, max=1.0,
+            help="Mean per-organ Dice (INT8 vs fp32) a variant needs to be shipped."
+        ),
+        no_mixed: bool = typer.Option(
+            False, "--no-mixed", help="Do not try the mixed-precision fallback."
+        ),
+        threads: int | None = typer.Option(None, "--threads", help="Inference threads."),
+    ) -> None:
+        """Post-training INT8 (OpenVINO via NNCF, ONNX Runtime QDQ) with a fidelity report."""
+        backends = [part for value in backend for part in value.split(",") if part]
+        _require(backends)
+        from export.fidelity import format_report
+        from export.quantize_bundle import quantize_bundle
+
+        result = quantize_bundle(bundle, calib, holdout, backends, patches_per_image, bar,
+                                 not no_mixed, threads, log=typer.echo)
+        typer.echo(format_report(result.fidelity))
+        typer.echo(f"validated precisions: {', '.join(result.validated_precisions)}")

@@ -1,0 +1,279 @@
+"""Write a model bundle (``edgeseg.json`` + ``model.onnx``) from a PyTorch network.
+
+The manifest for nnU-Net models is derived from ``plans.json`` and ``dataset.json``: target
+spacing, ``transpose_forward``, per-channel normalisation with the training foreground
+intensity statistics (CT), patch size, labels and mirror axes, so that the runtime reproduces
+nnU-Net's preprocessing for that configuration without nnU-Net. The bundle is written into a
+temporary folder and renamed into place, so a failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_seg.bundle import DEFAULT_IO_NAMES, Bundle, load_bundle
+from edge_seg.errors import EdgesegError
+from evaluator.atomic import atomic_dir
+from evaluator.labels import canonical_organ_name
+from export.nnunet_reader import NnunetResults
+from export.onnx_export import OPSET, check_onnx, export_onnx, max_abs_difference
+
+ONNX_NAME = "model.onnx"
+# nnU-Net's ANISO_THRESHOLD: resample the out-of-plane axis separately beyond this ratio.
+ANISOTROPY_THRESHOLD = 3.0
+# Largest ONNX-vs-PyTorch logit difference we accept at export (issue target: 1e-3).
+MAX_ABS_DIFF = 1e-3
+
+
+def normalization_from_plans(results: NnunetResults) -> list[dict[str, Any]]:
+    """Per-channel normalisation in the bundle's form, from the configuration's schemes."""
+    schemes = results.configuration.get("normalization_schemes")
+    where = results.folder / "plans.json"
+    if not schemes:
+        raise EdgesegError(f"{where}: configuration has no 'normalization_schemes'")
+    properties = results.plans.get(
+        "foreground_intensity_properties_per_channel",
+        results.plans.get("foreground_intensity_properties_by_modality", {}),
+    )
+    masks = results.configuration.get("use_mask_for_norm", [False] * len(schemes))
+    out: list[dict[str, Any]] = []
+    for channel, scheme in enumerate(schemes):
+        if scheme == "CTNormalization":
+            stats = properties.get(str(channel))
+            if stats is None:
+                raise EdgesegError(
+                    f"{where}: CTNormalization for channel {channel} but no "
+                    "foreground_intensity_properties_per_channel entry"
+                )
+            out.append({
+                "scheme": "ct",
+                "lower": float(stats["percentile_00_5"]),
+                "upper": float(stats["percentile_99_5"]),
+                "mean": float(stats["mean"]),
+                "std": float(stats["std"]),
+            })
+        elif scheme == "ZScoreNormalization":
+            entry: dict[str, Any] = {"scheme": "zscore"}
+            if masks[channel]:
+                # nnU-Net z-scores inside the nonzero mask when cropping shrank the image a lot.
+                entry["use_mask"] = True
+            out.append(entry)
+        elif scheme == "NoNormalization":
+            out.append({"scheme": "none"})
+        else:
+            raise EdgesegError(
+                f"{where}: normalisation scheme '{scheme}' is not supported by the edgeseg runtime "
+                "(supported: CTNormalization, ZScoreNormalization, NoNormalization)"
+            )
+    return out
+
+
+def labels_from_dataset(dataset: dict[str, Any]) -> dict[str, int]:
+    """dataset.json labels with organ names in the canonical (FLARE/TotalSegmentator) spelling.
+
+    The integer values stay as trained: they are the network's output channels.
+    """
+    labels = {}
+    for name, value in dataset["labels"].items():
+        key = "background" if int(value) == 0 else canonical_organ_name(str(name))
+        labels[key] = int(value)
+    return labels
+
+
+def bundle_from_nnunet(results: NnunetResults, name: str | None = None) -> Bundle:
+    """The manifest (without model files) for an nnU-Net results folder."""
+    normalization = normalization_from_plans(results)
+    channels_raw = results.dataset.get("channel_names", results.dataset.get("modality", {}))
+    channels = [str(channels_raw[k]) for k in sorted(channels_raw, key=int)]
+    modality = "CT" if normalization[0]["scheme"] == "ct" else "MR"
+    transpose = [int(a) for a in results.plans.get("transpose_forward", [0, 1, 2])]
+    dataset_name = results.plans.get("dataset_name", results.folder.parent.name)
+    return Bundle(
+        name=name or f"{dataset_name}_{results.configuration_name}",
+        modality=modality,
+        channels=channels,
+        labels=labels_from_dataset(results.dataset),
+        spacing_mm=[float(s) for s in results.configuration["spacing"]],
+        normalization=normalization,
+        patch_size=[int(p) for p in results.configuration["patch_size"]],
+        files={},
+        transpose_forward=transpose,
+        resampling={
+            "anisotropy_threshold": ANISOTROPY_THRESHOLD,
+            **{k: v for k, v in results.configuration.get("resampling_fn_data_kwargs", {}).items()
+               if isinstance(v, (int, float, bool)) or v is None},
+        },
+        mirror_axes=list(results.mirror_axes),
+        provenance={
+            "source": "nnunetv2",
+            "results_folder": str(results.folder.resolve()),
+            "dataset_name": dataset_name,
+            "plans_name": results.plans.get("plans_name"),
+            "configuration": results.configuration_name,
+            "trainer": results.trainer_name,
+            "folds": list(results.folds),
+            "ensemble": "mean of fold logits" if len(results.folds) > 1 else None,
+            "checkpoints": [
+                {"path": str(path.resolve()), "sha256": digest}
+                for path, digest in zip(results.checkpoint_paths, results.checkpoint_sha256,
+                                        strict=True)
+            ],
+            "network_class": results.configuration["architecture"]["network_class_name"],
+        },
+    )
+
+
+def _tool_versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import torch
+
+    import edge_seg
+
+    return {
+        "edgeseg": getattr(edge_seg, "__version__", "unknown"),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def check_output_folder(out: str | Path) -> Path:
+    """Refuse an output path that exists (an empty folder is accepted and replaced)."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise EdgesegError(f"{out}: output bundle path already exists; choose a new folder")
+    return out
+
+
+def write_bundle(
+    out: str | Path,
+    bundle: Bundle,
+    module: Any,
+    validation_inputs: Sequence[np.ndarray],
+    validation_source: str,
+    max_abs_diff: float = MAX_ABS_DIFF,
+) -> Bundle:
+    """Export ``module`` to ONNX, validate it, and write the bundle folder atomically.
+
+    Parameters
+    ----------
+    out
+        Bundle folder to create (must not exist, or be empty).
+    bundle
+        Manifest without ``files``; ``io_names``, ``presence_input`` and ``presence_output``
+        decide the graph's inputs and outputs.
+    module
+        The PyTorch network (eval mode), called as ``module(image[, presence])``.
+    validation_inputs
+        A real preprocessed patch ``(1, C, *patch_size)`` (and the presence vector ``(1, K)``
+        for a network with a presence input); used for tracing and for the ONNX Runtime check.
+    validation_source
+        Where the patch came from (recorded in the provenance).
+    """
+    out = check_output_folder(out)
+    io = {**DEFAULT_IO_NAMES, **bundle.io_names}
+    input_names = [io["image"]] + ([io["presence"]] if bundle.presence_input else [])
+    output_names = [io["logits"]] + ([io["presence_logits"]] if bundle.presence_output else [])
+    if len(validation_inputs) != len(input_names):
+        raise EdgesegError(
+            f"validation inputs: got {len(validation_inputs)} arrays for inputs {input_names}"
+        )
+    with atomic_dir(out) as tmp:
+        onnx_path = export_onnx(module, validation_inputs, tmp / ONNX_NAME, input_names,
+                                output_names)
+        check_onnx(onnx_path)
+        diffs = max_abs_difference(module, onnx_path, validation_inputs, input_names,
+                                   output_names)
+        worst = max(diffs.values())
+        if not np.isfinite(worst) or worst > max_abs_diff:
+            raise EdgesegError(
+                f"{out}: ONNX Runtime output differs from PyTorch by {worst:.3g} "
+                f"(limit {max_abs_diff:g}); the export is not faithful"
+            )
+        bundle.files = {"fp32": ONNX_NAME}
+        bundle.validated_precisions = ["fp32"]
+        bundle.provenance = {
+            **bundle.provenance,
+            "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "tools": _tool_versions(),
+            "onnx_opset": OPSET,
+            "onnx_check": {
+                "checker": "passed",
+                "max_abs_diff": diffs,
+                "max_abs_diff_limit": max_abs_diff,
+                "patch_shape": list(validation_inputs[0].shape),
+                "patch_source": validation_source,
+            },
+        }
+        bundle.save(tmp)
+        load_bundle(tmp)  # the runtime must accept what we wrote
+    return load_bundle(out)
+
+
+def export_nnunet(
+    results_dir: str | Path,
+    out: str | Path,
+    folds: Sequence[str] = ("0",),
+    checkpoint_name: str = "checkpoint_final.pth",
+    configuration: str | None = None,
+    name: str | None = None,
+    images: Sequence[Path] | None = None,
+    trust_checkpoint: bool = False,
+) -> Bundle:
+    """``edgeseg export nnunet``: results folder -> bundle (ensemble of folds when several)."""
+    from export.calibration import validation_inputs
+    from export.nnunet_reader import build_fold_networks, read_results
+    from export.onnx_export import fold_ensemble
+
+    check_output_folder(out)
+    results = read_results(results_dir, folds, checkpoint_name, trust_checkpoint, configuration)
+    module = fold_ensemble(build_fold_networks(results))
+    bundle = bundle_from_nnunet(results, name)
+    inputs, source = validation_inputs(bundle, images)
+    return write_bundle(out, bundle, module, inputs, source)
+
+
+def export_torch(
+    spec_path: str | Path,
+    out: str | Path,
+    factory: str | None = None,
+    weights: str | Path | None = None,
+    torchscript: str | Path | None = None,
+    name: str | None = None,
+    images: Sequence[Path] | None = None,
+    trust_checkpoint: bool = False,
+) -> Bundle:
+    """``edgeseg export torch``: ``module:factory`` + weights (or TorchScript) + spec -> bundle."""
+    from export.calibration import validation_inputs
+    from export.torch_import import (
+        bundle_from_spec,
+        load_factory_network,
+        load_torchscript,
+        read_spec,
+    )
+
+    check_output_folder(out)
+    spec = read_spec(spec_path)
+    if torchscript is not None:
+        if factory is not None or weights is not None:
+            raise EdgesegError(
+                "--torchscript: give either a TorchScript file or --factory with --weights"
+            )
+        module, source = load_torchscript(torchscript)
+    elif factory is not None and weights is not None:
+        module, source = load_factory_network(factory, weights, spec, trust_checkpoint)
+    else:
+        raise EdgesegError("export torch: give --factory module:function with --weights, "
+                           "or --torchscript FILE")
+    source["spec"] = str(Path(spec_path).resolve())
+    bundle = bundle_from_spec(spec, source, name)
+    inputs, patch_source = validation_inputs(bundle, images)
+    return write_bundle(out, bundle, module, inputs, patch_source)

@@ -1,0 +1,177 @@
+"""Post-training INT8 quantisation of a bundle's fp32 ONNX model.
+
+Two routes, both calibrated on real preprocessed patches (:mod:`export.calibration`):
+
+* OpenVINO IR through NNCF (``nncf.quantize``) - the default, fastest on x86 CPUs;
+* ONNX Runtime static QDQ (``onnxruntime.quantization.quantize_static``) - portable (ARM...).
+
+Each variant may also be built in a mixed-precision form that keeps the most sensitive layers
+(the first and the last convolution: raw intensities in, class logits out) in floating point;
+:mod:`export.fidelity` decides which variants meet the bar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_seg.errors import EdgesegError
+
+OPENVINO = "openvino"
+ONNXRUNTIME = "onnxruntime"
+BACKENDS = (OPENVINO, ONNXRUNTIME)
+
+
+def _feeds(samples: Sequence[Sequence[np.ndarray]], names: Sequence[str]) -> list[dict[str, Any]]:
+    return [dict(zip(names, sample, strict=True)) for sample in samples]
+
+
+def onnx_input_names(onnx_path: str | Path) -> list[str]:
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    initializers = {init.name for init in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in initializers]
+
+
+def conv_node_names(onnx_path: str | Path) -> list[str]:
+    """Names of the Conv/ConvTranspose nodes of an ONNX graph, in graph order."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return [n.name for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose")]
+
+
+def _ov_conv_names(model: Any) -> list[str]:
+    return [
+        op.get_friendly_name()
+        for op in model.get_ordered_ops()
+        if op.get_type_name() in ("Convolution", "ConvolutionBackpropData")
+    ]
+
+
+def sensitive_layers(names: Sequence[str], count: int = 1) -> list[str]:
+    """The first and last ``count`` convolutions (input intensities and output logits)."""
+    if len(names) <= 2 * count:
+        return list(names)
+    return [*names[:count], *names[-count:]]
+
+
+def quantize_openvino(
+    onnx_path: str | Path,
+    samples: Sequence[Sequence[np.ndarray]],
+    xml_path: str | Path,
+    keep_fp: int = 0,
+) -> dict[str, Any]:
+    """NNCF post-training INT8 of the ONNX model, saved as OpenVINO IR (``.xml`` + ``.bin``).
+
+    ``keep_fp`` > 0 leaves that many convolutions at each end of the network in floating point
+    (NNCF ignored scope). Returns a description of what was done.
+    """
+    import nncf
+    import openvino as ov
+
+    names = onnx_input_names(onnx_path)
+    model = ov.convert_model(str(onnx_path))
+    ignored = sensitive_layers(_ov_conv_names(model), keep_fp) if keep_fp else []
+    dataset = nncf.Dataset(_feeds(samples, names))
+    kwargs: dict[str, Any] = {}
+    if ignored:
+        kwargs["ignored_scope"] = nncf.IgnoredScope(names=ignored)
+    quantized = nncf.quantize(
+        model,
+        dataset,
+        # MIXED: symmetric weights, asymmetric activations - activations after LeakyReLU and
+        # normalised CT intensities are far from symmetric around zero.
+        preset=nncf.QuantizationPreset.MIXED,
+        subset_size=len(samples),
+        **kwargs,
+    )
+    ov.save_model(quantized, str(xml_path), compress_to_fp16=False)
+    return {
+        "tool": f"nncf {nncf.__version__}",
+        "preset": "mixed",
+        "calibration_samples": len(samples),
+        "fp_layers": ignored,
+    }
+
+
+class _PatchReader:
+    """ONNX Runtime ``CalibrationDataReader`` over the calibration patches."""
+
+    def __init__(self, samples: Sequence[Sequence[np.ndarray]], names: Sequence[str]) -> None:
+        self._feeds = _feeds(samples, names)
+        self._iter: Iterator[dict[str, Any]] = iter(self._feeds)
+
+    def get_next(self) -> dict[str, Any] | None:
+        return next(self._iter, None)
+
+    def rewind(self) -> None:
+        self._iter = iter(self._feeds)
+
+
+def quantize_onnxruntime(
+    onnx_path: str | Path,
+    samples: Sequence[Sequence[np.ndarray]],
+    out_path: str | Path,
+    keep_fp: int = 0,
+) -> dict[str, Any]:
+    """ONNX Runtime static INT8 in QDQ format (per-channel int8 weights, uint8 activations)."""
+    import onnxruntime
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(_PatchReader, CalibrationDataReader):
+        pass
+
+    names = onnx_input_names(onnx_path)
+    excluded = sensitive_layers(conv_node_names(onnx_path), keep_fp) if keep_fp else []
+    try:
+        quantize_static(
+            str(onnx_path),
+            str(out_path),
+            Reader(samples, names),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=excluded,
+        )
+    except Exception as exc:
+        raise EdgesegError(f"{onnx_path}: ONNX Runtime quantisation failed ({exc})") from exc
+    return {
+        "tool": f"onnxruntime.quantization {onnxruntime.__version__}",
+        "format": "QDQ, per-channel int8 weights, uint8 activations, MinMax calibration",
+        "calibration_samples": len(samples),
+        "fp_layers": excluded,
+    }
+
+
+def quantize_variant(
+    backend: str,
+    onnx_path: str | Path,
+    samples: Sequence[Sequence[np.ndarray]],
+    out_dir: str | Path,
+    keep_fp: int = 0,
+) -> tuple[str, dict[str, Any]]:
+    """Quantise for ``backend`` into ``out_dir``; return (file name, description)."""
+    suffix = "_mixed" if keep_fp else ""
+    out_dir = Path(out_dir)
+    if backend == OPENVINO:
+        name = f"model_int8_openvino{suffix}.xml"
+        info = quantize_openvino(onnx_path, samples, out_dir / name, keep_fp)
+    elif backend == ONNXRUNTIME:
+        name = f"model_int8_qdq{suffix}.onnx"
+        info = quantize_onnxruntime(onnx_path, samples, out_dir / name, keep_fp)
+    else:
+        raise EdgesegError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
+    return name, info

@@ -1,0 +1,160 @@
+"""``edgeseg quantize``: add validated INT8 variants to a bundle.
+
+Steps: split the images into calibration and held-out sets; cut calibration patches (real,
+preprocessed); quantise for each backend; predict the held-out images with fp32 and with the
+INT8 candidate through the runtime; keep a variant only if its label agreement meets the bar,
+and when it does not, try the mixed-precision fallback (first/last convolution in floating
+point) and report both. Work happens in a hidden temporary folder inside the bundle; validated
+files are renamed into place and ``edgeseg.json`` is rewritten last, atomically, so an
+interrupted run leaves the bundle as it was.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from edge_seg.bundle import Bundle, load_bundle
+from edge_seg.errors import EdgesegError
+from export.calibration import DEFAULT_PATCHES_PER_IMAGE, list_images, patch_set, read_images
+from export.fidelity import AGREEMENT_BAR, Run, compare, predict_all
+from export.quantize import BACKENDS, OPENVINO, quantize_variant
+
+#: Bundle ``files`` key of each backend's INT8 model.
+FILE_KEYS = {OPENVINO: "int8_openvino", "onnxruntime": "int8_onnx"}
+
+
+def split_images(
+    calib: str | Path, holdout: str | Path | None
+) -> tuple[list[Path], list[Path], str]:
+    """Calibration and held-out image paths (a quarter of ``calib`` is held out if needed)."""
+    calib_paths = list_images(calib)
+    if not calib_paths:
+        raise EdgesegError(f"{calib}: no images found (NIfTI, MHA, NRRD or DICOM folders)")
+    if holdout is not None:
+        holdout_paths = list_images(holdout)
+        if not holdout_paths:
+            raise EdgesegError(f"{holdout}: no images found (NIfTI, MHA, NRRD or DICOM folders)")
+        overlap = {p.resolve() for p in calib_paths} & {p.resolve() for p in holdout_paths}
+        if overlap:
+            raise EdgesegError(
+                f"{holdout}: held-out images must not be calibration images "
+                f"({sorted(overlap)[0].name} is in both)"
+            )
+        return calib_paths, holdout_paths, f"--holdout {holdout}"
+    if len(calib_paths) < 2:
+        raise EdgesegError(
+            f"{calib}: one image cannot be split into calibration and held-out sets; "
+            "add images or pass --holdout"
+        )
+    n_hold = max(1, math.ceil(len(calib_paths) / 4))
+    return calib_paths[:-n_hold], calib_paths[-n_hold:], f"last {n_hold} of {calib} held out"
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _candidate_bundle(work: Path, bundle: Bundle, files: dict[str, str]) -> Path:
+    """Write a manifest in ``work`` so the runtime predictor can load a candidate variant."""
+    candidate = Bundle(**{**bundle.to_json(), "files": files})
+    candidate.save(work)
+    return work
+
+
+def _companions(name: str) -> list[str]:
+    return [name, name[: -len(".xml")] + ".bin"] if name.endswith(".xml") else [name]
+
+
+def quantize_bundle(
+    bundle_dir: str | Path,
+    calib: str | Path,
+    holdout: str | Path | None = None,
+    backends: Sequence[str] = BACKENDS,
+    patches_per_image: int = DEFAULT_PATCHES_PER_IMAGE,
+    bar: float = AGREEMENT_BAR,
+    mixed_fallback: bool = True,
+    threads: int | None = None,
+    log: Callable[[str], None] = print,
+) -> Bundle:
+    """Quantise ``bundle_dir`` in place and return the updated bundle (see module doc)."""
+    bundle_dir = Path(bundle_dir)
+    bundle = load_bundle(bundle_dir)
+    for backend in backends:
+        if backend not in BACKENDS:
+            raise EdgesegError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
+    calib_paths, holdout_paths, split_note = split_images(calib, holdout)
+    calib_volumes, calib_problems = read_images(calib_paths, calib)
+    holdout_volumes, holdout_problems = read_images(holdout_paths, holdout or calib)
+    for problem in calib_problems + holdout_problems:
+        log(f"skipped: {problem}")
+    patches = patch_set(calib_volumes, bundle, patches_per_image)
+    log(f"calibration: {len(patches.inputs)} patches from {len(calib_volumes)} images; "
+        f"held out: {len(holdout_volumes)} images")
+    names = [v.name for v in holdout_volumes]
+
+    work = Path(tempfile.mkdtemp(prefix=".quantize.", dir=bundle_dir))
+    try:
+        fp32_name = bundle.files["fp32"]
+        _link_or_copy(bundle.model_path("fp32"), work / fp32_name)
+        onnx_path = work / fp32_name
+        variants: dict[str, dict[str, Any]] = {}
+        chosen: dict[str, str] = {}
+        for backend in backends:
+            key = FILE_KEYS[backend]
+            _candidate_bundle(work, bundle, {"fp32": fp32_name})
+            reference = predict_all(work, backend, "fp32", holdout_volumes, threads)
+            attempts = [(key, 0)] + ([(f"{key}_mixed", 1)] if mixed_fallback else [])
+            for variant, keep_fp in attempts:
+                log(f"{variant}: quantising ({backend})")
+                file_name, info = quantize_variant(backend, onnx_path, patches.inputs, work,
+                                                   keep_fp)
+                _candidate_bundle(work, bundle, {"fp32": fp32_name, key: file_name})
+                candidate: Run = predict_all(work, backend, "int8", holdout_volumes, threads)
+                report = {**compare(reference, candidate, bundle.organs, names, bar),
+                          "backend": backend, "file": file_name, "quantization": info}
+                variants[variant] = report
+                log(f"{variant}: mean Dice vs fp32 {report['mean_dice']:.4f}, worst "
+                    f"{report['worst_dice']:.4f} ({report['worst_class']}), int8/fp32 time "
+                    f"{report['latency_ratio_int8_vs_fp32']}")
+                if report["passed"]:
+                    # The runtime looks INT8 models up under the backend's key; the report
+                    # says whether the shipped one is the plain or the mixed-precision variant.
+                    chosen[key] = file_name
+                    report["shipped_as"] = key
+                    break
+                log(f"{variant}: below the {bar} bar - not added to the bundle")
+
+        for file_name in chosen.values():
+            for part in _companions(file_name):
+                os.replace(work / part, bundle_dir / part)
+        stale = {FILE_KEYS[b] for b in backends} | set(variants)
+        files = {k: v for k, v in bundle.files.items() if k not in stale}
+        files.update(chosen)
+        bundle.files = files
+        bundle.validated_precisions = ["fp32", *chosen]
+        bundle.fidelity = {
+            "bar_mean_dice": bar,
+            "measured_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "cpu": platform.processor() or platform.machine(),
+            "split": split_note,
+            "calibration_images": [v.name for v in calib_volumes],
+            "calibration_patches": len(patches.inputs),
+            "holdout_images": names,
+            "variants": variants,
+        }
+        bundle.provenance = {**bundle.provenance, "calibration_set": patches.sources}
+        bundle.save(bundle_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return load_bundle(bundle_dir)
