@@ -1,0 +1,53 @@
+"""ONNX Runtime CPU backend (fp32 ONNX or INT8 QDQ ONNX)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edge_seg.backends.base import ModelChoice
+from edge_seg.bundle import Bundle
+from edge_seg.errors import EdgesegError
+
+
+class OnnxRuntimeSession:
+    """An ONNX Runtime inference session on the CPU execution provider."""
+
+    def __init__(self, bundle: Bundle, choice: ModelChoice, threads: int | None) -> None:
+        import onnxruntime as ort
+
+        self.choice = choice
+        self.names = bundle.io_names
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+            options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(
+                str(choice.path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # ORT raises its own exception types for bad files
+            raise EdgesegError(
+                f"{choice.path}: ONNX Runtime cannot load the model ({exc})"
+            ) from exc
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.has_presence_output = self.names["presence_logits"] in self.output_names
+        self.has_presence_input = self.names["presence"] in {
+            i.name for i in self.session.get_inputs()
+        }
+        self.inference_precision = "f32" if choice.precision == "fp32" else choice.precision
+
+    def run(
+        self, image: np.ndarray, presence: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        feed = {self.names["image"]: image}
+        if self.has_presence_input:
+            if presence is None:
+                raise EdgesegError(f"{self.choice.path}: model needs a presence prior input")
+            feed[self.names["presence"]] = presence
+        wanted = [self.names["logits"]]
+        if self.has_presence_output:
+            wanted.append(self.names["presence_logits"])
+        outputs = self.session.run(wanted, feed)
+        presence_logits = outputs[1].reshape(-1) if self.has_presence_output else None
+        return outputs[0][0], presence_logits

@@ -1,0 +1,66 @@
+"""OpenVINO CPU backend.
+
+OpenVINO runs float32 models in bfloat16 on CPUs with AMX unless told otherwise, so fp32 sets
+``INFERENCE_PRECISION_HINT=f32`` explicitly and bf16 sets ``bf16``; INT8 models keep the
+plugin's default for their non-quantised layers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edge_seg.backends.base import ModelChoice
+from edge_seg.bundle import Bundle
+from edge_seg.errors import EdgesegError
+
+_HINTS = {"fp32": "f32", "bf16": "bf16"}
+
+
+class OpenVinoSession:
+    """A compiled OpenVINO model with one infer request, reused for every patch."""
+
+    def __init__(self, bundle: Bundle, choice: ModelChoice, threads: int | None) -> None:
+        import openvino as ov
+
+        self.choice = choice
+        self.names = bundle.io_names
+        core = ov.Core()
+        config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        if choice.precision in _HINTS:
+            config["INFERENCE_PRECISION_HINT"] = _HINTS[choice.precision]
+        try:
+            model = core.read_model(str(choice.path))
+            self.compiled = core.compile_model(model, "CPU", config)
+        except RuntimeError as exc:
+            raise EdgesegError(
+                f"{choice.path}: OpenVINO cannot load the model ({_short(exc)})"
+            ) from exc
+        self.request = self.compiled.create_infer_request()
+        outputs = {name for out in self.compiled.outputs for name in out.get_names()}
+        self.has_presence_output = self.names["presence_logits"] in outputs
+        inputs = {name for inp in self.compiled.inputs for name in inp.get_names()}
+        self.has_presence_input = self.names["presence"] in inputs
+        self.inference_precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+
+    def run(
+        self, image: np.ndarray, presence: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        feed = {self.names["image"]: image}
+        if self.has_presence_input:
+            if presence is None:
+                raise EdgesegError(f"{self.choice.path}: model needs a presence prior input")
+            feed[self.names["presence"]] = presence
+        result = self.request.infer(feed)
+        logits = np.asarray(result[self.compiled.output(self.names["logits"])])[0]
+        presence_logits = None
+        if self.has_presence_output:
+            out = self.compiled.output(self.names["presence_logits"])
+            presence_logits = np.asarray(result[out]).reshape(-1)
+        return logits, presence_logits
+
+
+def _short(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0][:200] if lines else type(exc).__name__

@@ -1,0 +1,262 @@
+"""Reading scans and writing label maps, with the input checks every command relies on.
+
+Arrays are kept in SimpleITK/NumPy order (z, y, x), exactly as nnU-Net's ``SimpleITKIO`` hands
+them to the network: no reorientation happens anywhere in edgeseg, so a label map written with
+:func:`write_label_map` overlays its scan voxel for voxel in any viewer.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from edge_seg.errors import EdgesegError
+from evaluator.atomic import atomic_path
+
+#: File endings read as single-file volumes (anything else must be a DICOM series folder).
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
+
+#: Bytes of working memory per input voxel while a scan is segmented: the stored array, a
+#: float32 working copy, its spline coefficients and the uint8 label map, with some slack.
+#: Used to refuse a scan that cannot fit instead of being killed half-way.
+WORKING_BYTES_PER_VOXEL = 14
+
+
+@dataclass
+class Volume:
+    """A 3D scan in SimpleITK order.
+
+    Attributes
+    ----------
+    array : np.ndarray
+        Voxel values, shape (z, y, x).
+    spacing_mm : tuple of float
+        Voxel size along (z, y, x) in mm.
+    origin : tuple of float
+        Physical position of voxel 0 in (x, y, z) mm, as SimpleITK reports it.
+    direction : tuple of float
+        Row-major 3x3 direction cosines (9 floats), as SimpleITK reports them.
+    path : Path or None
+        File or DICOM folder the scan was read from.
+    """
+
+    array: np.ndarray
+    spacing_mm: tuple[float, float, float]
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    path: Path | None = None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.array.shape)  # type: ignore[return-value]
+
+    @property
+    def name(self) -> str:
+        """Case name: file name without the image suffix (``case_0000.nii.gz`` -> ``case_0000``)."""
+        if self.path is None:
+            return "volume"
+        return strip_volume_suffix(self.path.name)
+
+    def voxel_volume_ml(self) -> float:
+        return float(np.prod(self.spacing_mm)) / 1000.0
+
+    def to_sitk(self, array: np.ndarray | None = None) -> sitk.Image:
+        """A SimpleITK image of ``array`` (default: this volume's) with this volume's geometry."""
+        image = sitk.GetImageFromArray(self.array if array is None else array)
+        image.SetSpacing(tuple(float(s) for s in reversed(self.spacing_mm)))
+        image.SetOrigin(tuple(float(o) for o in self.origin))
+        image.SetDirection(tuple(float(d) for d in self.direction))
+        return image
+
+
+def strip_volume_suffix(name: str) -> str:
+    """``case.nii.gz`` -> ``case`` (any of :data:`VOLUME_SUFFIXES`)."""
+    lower = name.lower()
+    for suffix in VOLUME_SUFFIXES:
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def is_volume_file(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(VOLUME_SUFFIXES)
+
+
+def available_memory_bytes() -> int:
+    """Memory this process may still use (psutil's ``available``)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def check_fits_in_memory(shape: Sequence[int], where: str, bytes_per_voxel: float) -> None:
+    """Refuse a scan whose estimated working memory exceeds what is available."""
+    need = float(np.prod([int(s) for s in shape])) * bytes_per_voxel
+    have = available_memory_bytes()
+    if need > have:
+        dims = "x".join(str(int(s)) for s in shape)
+        raise EdgesegError(
+            f"{where}: image of {dims} voxels needs about {need / 2**30:.1f} GiB to segment, "
+            f"only {have / 2**30:.1f} GiB of memory is available"
+        )
+
+
+def _dicom_series_files(folder: Path) -> list[str]:
+    reader = sitk.ImageSeriesReader
+    try:
+        series = reader.GetGDCMSeriesIDs(str(folder)) or ()
+    except RuntimeError:
+        series = ()
+    best: list[str] = []
+    for uid in series:
+        files = list(reader.GetGDCMSeriesFileNames(str(folder), uid))
+        if len(files) > len(best):
+            best = files
+    return best
+
+
+def _read_image(path: Path) -> sitk.Image:
+    if path.is_dir():
+        files = _dicom_series_files(path)
+        if not files:
+            raise EdgesegError(f"{path}: folder holds no DICOM series")
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(files)
+        header = sitk.ImageFileReader()
+        header.SetFileName(files[0])
+        try:
+            header.ReadImageInformation()
+        except RuntimeError as exc:
+            raise EdgesegError(f"{path}: unreadable DICOM series ({_first_line(exc)})") from exc
+        size = (*header.GetSize()[:2], len(files))
+        check_fits_in_memory(size, str(path), WORKING_BYTES_PER_VOXEL)
+        try:
+            return reader.Execute()
+        except RuntimeError as exc:
+            raise EdgesegError(f"{path}: unreadable DICOM series ({_first_line(exc)})") from exc
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise EdgesegError(f"{path}: unreadable image file ({_first_line(exc)})") from exc
+    size = reader.GetSize()
+    _check_dimensions(path, size)
+    check_fits_in_memory(size[:3], str(path), WORKING_BYTES_PER_VOXEL)
+    try:
+        return reader.Execute()
+    except RuntimeError as exc:
+        raise EdgesegError(f"{path}: unreadable image file ({_first_line(exc)})") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    # SimpleITK puts the useful sentence last, after file/line noise.
+    return lines[-1] if lines else type(exc).__name__
+
+
+def _check_dimensions(path: Path, size: Sequence[int]) -> None:
+    dims = "x".join(str(s) for s in size)
+    if len(size) == 4 and size[3] == 1:
+        return  # 3D volume stored with a singleton time axis
+    if len(size) != 3:
+        raise EdgesegError(
+            f"{path}: {len(size)}D image (size {dims}); edgeseg segments 3D volumes only"
+        )
+    if min(size) < 2:
+        raise EdgesegError(
+            f"{path}: image of size {dims} is a single slice; edgeseg segments 3D volumes only"
+        )
+
+
+def read_volume(path: str | os.PathLike[str]) -> Volume:
+    """Read a NIfTI, MHA/MHD, NRRD file or a DICOM series folder as a checked 3D :class:`Volume`.
+
+    Raises
+    ------
+    EdgesegError
+        One line naming the file: missing, unreadable, not 3D, multi-component pixels,
+        non-finite voxels, or too large for the memory available.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise EdgesegError(f"{path}: no such file or folder")
+    image = _read_image(path)
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise EdgesegError(
+            f"{path}: {image.GetNumberOfComponentsPerPixel()} values per voxel (colour/vector "
+            "image); edgeseg segments single-channel scans"
+        )
+    size = image.GetSize()
+    if image.GetDimension() == 4 and size[3] == 1:
+        image = image[:, :, :, 0]
+    _check_dimensions(path, image.GetSize())
+    array = sitk.GetArrayFromImage(image)
+    if array.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        if bad:
+            raise EdgesegError(f"{path}: {bad} voxels are NaN or infinite")
+    spacing = tuple(float(s) for s in reversed(image.GetSpacing()))
+    if min(spacing) <= 0:
+        raise EdgesegError(f"{path}: non-positive voxel spacing {spacing} mm")
+    return Volume(
+        array=array,
+        spacing_mm=spacing,  # type: ignore[arg-type]
+        origin=tuple(float(o) for o in image.GetOrigin()),  # type: ignore[arg-type]
+        direction=tuple(float(d) for d in image.GetDirection()),
+        path=path,
+    )
+
+
+def check_output_path(path: str | os.PathLike[str]) -> Path:
+    """Check that a label map can be written to ``path`` before any work is done."""
+    path = Path(path)
+    if path.is_dir():
+        raise EdgesegError(
+            f"{path}: output path is a folder; give a file name such as case_seg.nii.gz"
+        )
+    if not path.name.lower().endswith(VOLUME_SUFFIXES):
+        raise EdgesegError(
+            f"{path}: unknown output format; use one of {', '.join(VOLUME_SUFFIXES)}"
+        )
+    parent = path.parent if str(path.parent) else Path(".")
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise EdgesegError(f"{path}: output folder is not writable")
+    return path
+
+
+def write_label_map(labels: np.ndarray, reference: Volume, path: str | os.PathLike[str]) -> Path:
+    """Write a uint8 label map with ``reference``'s exact geometry, atomically.
+
+    Parameters
+    ----------
+    labels : np.ndarray
+        Integer labels, shape equal to ``reference.array.shape`` (z, y, x), values 0..255.
+    reference : Volume
+        The scan the labels belong to; its spacing, origin and direction are copied.
+    path : path-like
+        ``.nii.gz``, ``.nii``, ``.mha``, ``.nrrd`` ...; written to a temporary sibling first.
+    """
+    path = check_output_path(path)
+    if tuple(labels.shape) != tuple(reference.array.shape):
+        raise EdgesegError(
+            f"{path}: label map shape {labels.shape} differs from the scan shape "
+            f"{reference.array.shape}"
+        )
+    if labels.size and (labels.min() < 0 or labels.max() > 255):
+        raise EdgesegError(f"{path}: label values outside 0..255 cannot be stored as uint8")
+    image = reference.to_sitk(np.ascontiguousarray(labels, dtype=np.uint8))
+    try:
+        with atomic_path(path) as tmp:
+            sitk.WriteImage(image, str(tmp), useCompression=True)
+    except (RuntimeError, OSError) as exc:
+        raise EdgesegError(f"{path}: cannot write label map ({_first_line(exc)})") from exc
+    return path

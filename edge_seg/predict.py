@@ -1,0 +1,295 @@
+"""Segment one scan with a model bundle: the whole runtime pipeline behind ``edgeseg predict``.
+
+scan -> (middle:N crop) -> nnU-Net preprocessing -> (auto crop: first pass on non-overlapping
+patches) -> Gaussian sliding window on OpenVINO / ONNX Runtime -> absent-organ handling ->
+logits resampled to the scan grid and argmaxed slice by slice -> largest component per organ.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge_seg.backends.base import Session, open_session
+from edge_seg.bundle import Bundle, load_bundle
+from edge_seg.crop import coarse_foreground, embed_slabs, middle_slices, organ_box, parse_crop
+from edge_seg.errors import EdgesegError
+from edge_seg.io import Volume, available_memory_bytes
+from edge_seg.postprocess import keep_largest_component, organ_volumes_ml
+from edge_seg.preprocess import preprocess
+from edge_seg.resample import logits_to_labels
+from edge_seg.window import padding_for, sliding_window
+from evaluator.labels import resolve_organs
+
+#: The bundle ``edgeseg predict`` uses when no ``--model`` is given.
+DEFAULT_BUNDLE = Path(__file__).resolve().parent / "models" / "flare_ct_plain"
+
+#: Logit given to classes outside an auto-crop box (background gets 0): far below any real
+#: logit, but finite so that interpolation weights of 0 stay 0.
+_OUTSIDE_LOGIT = -1.0e4
+
+
+@dataclass
+class PredictOptions:
+    """How to run a bundle.
+
+    Attributes
+    ----------
+    backend : {"openvino", "onnxruntime"}
+    precision : {"auto", "int8", "fp32", "bf16"}
+        ``auto``: the fastest precision the bundle's fidelity report validated.
+    step : float
+        Sliding-window step as a fraction of the patch (0.5 as nnU-Net).
+    crop : str
+        ``auto``, ``none`` or ``middle:N`` (see :mod:`edge_seg.crop`).
+    lcc : bool
+        Keep only the largest connected component of each organ.
+    absent_organs : tuple of str or int
+        Organs known to be absent (names or label numbers), e.g. after resection.
+    presence : {"prior", "auto"}
+        ``auto``: let the model's presence head decide which organs are present (where the
+        bundle has one); ``prior``: all organs present except ``absent_organs``.
+    threads : int or None
+        Inference threads (None: the backend's default, all cores).
+    """
+
+    backend: str = "openvino"
+    precision: str = "auto"
+    step: float = 0.5
+    crop: str = "auto"
+    lcc: bool = True
+    absent_organs: tuple[str | int, ...] = ()
+    presence: str = "prior"
+    threads: int | None = None
+
+
+@dataclass
+class Prediction:
+    """Result of :meth:`Predictor.predict`.
+
+    Attributes
+    ----------
+    labels : np.ndarray
+        uint8 label map in the input volume's grid (z, y, x).
+    timings : dict[str, float]
+        Seconds per stage (``preprocess``, ``localise``, ``network``, ``sliding_window``,
+        ``postprocess``, ``total``).
+    presence : dict[str, float] or None
+        Presence probability per organ from the model's presence head, if it has one.
+    organs : dict[str, int]
+        The bundle's organ label table (without background).
+    precision, backend : str
+        What actually ran.
+    notes : list of str
+        Anything worth telling the user (fallbacks taken).
+    """
+
+    labels: np.ndarray
+    timings: dict[str, float]
+    presence: dict[str, float] | None
+    organs: dict[str, int]
+    precision: str
+    backend: str
+    notes: list[str] = field(default_factory=list)
+
+    def volumes_ml(self, spacing_mm: tuple[float, ...]) -> dict[str, float]:
+        return organ_volumes_ml(self.labels, spacing_mm, self.organs)
+
+
+def default_bundle_dir() -> Path:
+    """The embedded default bundle (raises if this installation has none)."""
+    if not (DEFAULT_BUNDLE / "edgeseg.json").is_file():
+        raise EdgesegError(
+            f"{DEFAULT_BUNDLE}: no default model bundle is installed; pass --model BUNDLE/"
+        )
+    return DEFAULT_BUNDLE
+
+
+class Predictor:
+    """A compiled bundle, ready to segment any number of scans.
+
+    Parameters
+    ----------
+    bundle_dir : path-like or None
+        Bundle folder (``edgeseg.json`` + model files); None for the embedded default.
+    options : PredictOptions or None
+    """
+
+    def __init__(self, bundle_dir: str | Path | None = None, options: PredictOptions | None = None):
+        self.options = options or PredictOptions()
+        self.bundle: Bundle = load_bundle(
+            bundle_dir if bundle_dir is not None else default_bundle_dir()
+        )
+        self.crop = parse_crop(self.options.crop)
+        if not 0 < self.options.step <= 1:
+            raise EdgesegError(f"--step: {self.options.step} is not in (0, 1]")
+        if self.options.presence not in ("prior", "auto"):
+            raise EdgesegError(f"--presence: {self.options.presence!r} is not one of prior, auto")
+        try:
+            self.absent = resolve_organs(self.options.absent_organs, self.bundle.labels)
+        except ValueError as exc:
+            raise EdgesegError(f"--absent: {exc}") from exc
+        self.session: Session = open_session(
+            self.bundle, self.options.backend, self.options.precision, self.options.threads
+        )
+        self.organs = self.bundle.organs
+        self.presence_names = list(
+            self.bundle.presence_input or sorted(self.organs, key=self.organs.get)
+        )
+
+    # -- presence ---------------------------------------------------------------------------
+
+    def _prior(self, present: dict[str, bool] | None = None) -> np.ndarray | None:
+        if not self.bundle.presence_input:
+            return None
+        prior = np.ones((1, len(self.bundle.presence_input)), dtype=np.float32)
+        for i, name in enumerate(self.bundle.presence_input):
+            if name in self.absent or (present is not None and not present.get(name, True)):
+                prior[0, i] = 0.0
+        return prior
+
+    def _runner(self, prior: np.ndarray | None, seen: dict[str, float], clock: list[float]):
+        def run_patch(tile: np.ndarray) -> np.ndarray:
+            start = time.perf_counter()
+            logits, presence_logits = self.session.run(tile, prior)
+            clock[0] += time.perf_counter() - start
+            if presence_logits is not None:
+                for name, value in zip(self.presence_names, presence_logits.tolist(), strict=False):
+                    seen[name] = max(seen.get(name, -np.inf), float(value))
+            return logits
+
+        return run_patch
+
+    # -- main entry -------------------------------------------------------------------------
+
+    def predict(self, volume: Volume) -> Prediction:
+        """Segment ``volume``; the label map has the volume's exact grid."""
+        started = time.perf_counter()
+        bundle, options = self.bundle, self.options
+        timings: dict[str, float] = {}
+        notes: list[str] = []
+        scan = volume
+        z_keep = slice(0, volume.shape[0])
+        if self.crop.mode == "middle":
+            z_keep = middle_slices(volume.shape[0], self.crop.slices)
+            scan = Volume(
+                volume.array[z_keep],
+                volume.spacing_mm,
+                volume.origin,
+                volume.direction,
+                volume.path,
+            )
+
+        t = time.perf_counter()
+        image, geometry = preprocess(scan, bundle)
+        timings["preprocess"] = time.perf_counter() - t
+        self._check_memory(volume, image)
+
+        clock = [0.0]
+        want_auto = options.presence == "auto"
+        if want_auto and not bundle.presence_output:
+            notes.append("--presence auto: this model has no presence head; using the prior")
+            want_auto = False
+        box = None
+        presence_seen: dict[str, float] = {}
+        t = time.perf_counter()
+        if self.crop.mode == "auto" or want_auto:
+            coarse_seen: dict[str, float] = {}
+            found = coarse_foreground(
+                image, bundle.patch_size, self._runner(self._prior(), coarse_seen, clock)
+            )
+            if self.crop.mode == "auto":
+                box = organ_box(found, geometry.target_spacing_mm, bundle.patch_size)
+                if box is None:
+                    notes.append("--crop auto: first pass found no organ; segmented the whole scan")
+            presence_seen = coarse_seen
+        timings["localise"] = time.perf_counter() - t
+
+        present = None
+        if want_auto:
+            present = {name: _sigmoid(v) >= 0.5 for name, v in presence_seen.items()}
+        excluded = set(self.absent) if not bundle.presence_input else set()
+        if present is not None and not bundle.presence_input:
+            excluded |= {name for name, ok in present.items() if not ok and name in self.organs}
+        keep = [
+            v
+            for name, v in sorted(bundle.labels.items(), key=lambda kv: kv[1])
+            if name not in excluded
+        ]
+        keep_idx = np.asarray(keep, dtype=np.intp)
+        run_patch = self._runner(self._prior(present), {} if want_auto else presence_seen, clock)
+
+        def kept(patch: np.ndarray) -> np.ndarray:
+            logits = run_patch(patch)
+            return logits if len(keep) == logits.shape[0] else logits[keep_idx]
+
+        t = time.perf_counter()
+        if box is None:
+            slabs = sliding_window(image, bundle.patch_size, options.step, kept, len(keep))
+        else:
+            inner = sliding_window(
+                image[(slice(None), *box)], bundle.patch_size, options.step, kept, len(keep)
+            )
+            background = np.full(len(keep), _OUTSIDE_LOGIT, dtype=np.float32)
+            background[0] = 0.0
+            slabs = embed_slabs(inner, box, geometry.network_shape, background)
+        cropped = logits_to_labels(
+            slabs,
+            geometry.network_shape,
+            geometry.shape_after_cropping,
+            geometry.target_spacing_mm,
+            geometry.spacing_mm,
+            keep,
+            float(bundle.resampling.get("anisotropy_threshold", 3.0)),
+        )
+        labels_part = geometry.to_scan(cropped)
+        timings["sliding_window"] = time.perf_counter() - t
+        timings["network"] = clock[0]
+
+        t = time.perf_counter()
+        if self.crop.mode == "middle":
+            labels = np.zeros(volume.shape, dtype=np.uint8)
+            labels[z_keep] = labels_part
+        else:
+            labels = labels_part
+        if options.lcc:
+            keep_largest_component(labels, sorted(self.organs.values()))
+        timings["postprocess"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - started
+
+        presence = None
+        if bundle.presence_output and presence_seen:
+            presence = {name: _sigmoid(v) for name, v in presence_seen.items()}
+        return Prediction(
+            labels=labels,
+            timings=timings,
+            presence=presence,
+            organs=dict(self.organs),
+            precision=self.session.choice.precision,
+            backend=self.session.choice.backend,
+            notes=notes,
+        )
+
+    def _check_memory(self, volume: Volume, image: np.ndarray) -> None:
+        patch = self.bundle.patch_size
+        pads = padding_for(image.shape[1:], patch)
+        plane = (image.shape[2] + sum(pads[1])) * (image.shape[3] + sum(pads[2]))
+        need = (
+            volume.array.size * 2  # labels + cropped label map
+            + self.bundle.num_classes * 4 * (patch[0] + 8) * plane  # sliding-window accumulator
+            + image.nbytes
+        )
+        have = available_memory_bytes()
+        if need > have:
+            where = volume.path or "volume"
+            raise EdgesegError(
+                f"{where}: segmenting needs about {need / 2**30:.1f} GiB more memory, "
+                f"only {have / 2**30:.1f} GiB is available"
+            )
+
+
+def _sigmoid(value: float) -> float:
+    return float(1.0 / (1.0 + np.exp(-value)))

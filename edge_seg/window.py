@@ -1,0 +1,145 @@
+"""Sliding-window inference with Gaussian importance weighting, streamed slab by slab.
+
+Patch placement, padding and weighting follow nnU-Net v2 (``predict_sliding_window_return_logits``):
+the image is padded (centred, zeros) to at least the patch size, patches start at evenly spaced
+positions at most ``step * patch`` apart, and each patch's logits are weighted by a Gaussian
+(sigma = patch / 8, peak 10, no zeros) before averaging.
+
+Unlike nnU-Net, the averaged logits are never held for the whole volume: patches are run in
+z order and every z-range that no later patch can touch is handed on at once, so memory holds
+only one patch-depth of logits (classes x patch depth x padded height x width).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from functools import lru_cache
+
+import numpy as np
+from scipy.ndimage import gaussian_filter
+
+#: A function that runs one patch: float32 (1, C, *patch) -> float32 logits (K, *patch).
+PatchRunner = Callable[[np.ndarray], np.ndarray]
+
+
+@lru_cache(maxsize=4)
+def gaussian_importance(patch_size: tuple[int, ...], sigma_scale: float = 1.0 / 8) -> np.ndarray:
+    """nnU-Net's importance map: a Gaussian centred on the patch, peak 10, zeros replaced."""
+    delta = np.zeros(patch_size)
+    delta[tuple(s // 2 for s in patch_size)] = 1
+    weights = gaussian_filter(
+        delta, [s * sigma_scale for s in patch_size], 0, mode="constant", cval=0
+    )
+    weights = weights / weights.max() * 10
+    weights[weights == 0] = weights[weights > 0].min()
+    weights = weights.astype(np.float32)
+    weights.flags.writeable = False
+    return weights
+
+
+def window_starts(
+    image_size: Sequence[int], patch_size: Sequence[int], step: float
+) -> list[list[int]]:
+    """Patch start positions per axis: evenly spaced, at most ``step * patch`` apart."""
+    if not 0 < step <= 1:
+        raise ValueError("step must be in (0, 1]")
+    starts = []
+    for size, patch in zip(image_size, patch_size, strict=True):
+        if size < patch:
+            raise ValueError("image must be padded to the patch size first")
+        count = int(np.ceil((size - patch) / (patch * step))) + 1
+        stride = (size - patch) / (count - 1) if count > 1 else 0.0
+        starts.append([int(np.round(stride * i)) for i in range(count)])
+    return starts
+
+
+def padding_for(shape: Sequence[int], patch_size: Sequence[int]) -> list[tuple[int, int]]:
+    """Centred zero padding up to the patch size (the extra voxel goes after the image)."""
+    pads = []
+    for size, patch in zip(shape, patch_size, strict=True):
+        missing = max(patch - size, 0)
+        pads.append((missing // 2, missing - missing // 2))
+    return pads
+
+
+def count_patches(shape: Sequence[int], patch_size: Sequence[int], step: float) -> int:
+    padded = [
+        s + lo + hi for s, (lo, hi) in zip(shape, padding_for(shape, patch_size), strict=True)
+    ]
+    return int(np.prod([len(s) for s in window_starts(padded, patch_size, step)]))
+
+
+def sliding_window(
+    image: np.ndarray,
+    patch_size: Sequence[int],
+    step: float,
+    run_patch: PatchRunner,
+    num_classes: int,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Run ``run_patch`` over ``image`` and yield averaged logits slab by slab.
+
+    Parameters
+    ----------
+    image : np.ndarray
+        float32 (C, Z, Y, X) network input.
+    patch_size : sequence of int
+        Network patch (Z, Y, X).
+    step : float
+        Patch spacing as a fraction of the patch (0.5 = half-overlapping, nnU-Net's default).
+    run_patch : callable
+        float32 (1, C, *patch) -> float32 (num_classes, *patch).
+    num_classes : int
+        Number of logit channels.
+
+    Yields
+    ------
+    z0 : int
+        First z index of the slab in ``image``.
+    logits : np.ndarray
+        float32 (num_classes, dz, Y, X); consecutive slabs tile [0, Z) without gaps.
+    """
+    patch = tuple(int(p) for p in patch_size)
+    pads = padding_for(image.shape[1:], patch)
+    padded = np.pad(image, [(0, 0), *pads]) if any(lo or hi for lo, hi in pads) else image
+    size = padded.shape[1:]
+    starts = window_starts(size, patch, step)
+    weights = gaussian_importance(patch)
+    depth = patch[0]
+    logits_sum = np.zeros((num_classes, depth, size[1], size[2]), dtype=np.float32)
+    weight_sum = np.zeros((depth, size[1], size[2]), dtype=np.float32)
+    (z_lo, _), (y_lo, _), (x_lo, _) = pads
+    inner = (slice(y_lo, y_lo + image.shape[2]), slice(x_lo, x_lo + image.shape[3]))
+    origin = 0  # padded z index of logits_sum[:, 0]
+
+    def finished(upto: int) -> Iterator[tuple[int, np.ndarray]]:
+        # Padded z range [origin, upto) is final; hand on the part inside the image.
+        lo = max(origin, z_lo)
+        hi = min(upto, z_lo + image.shape[1])
+        if hi > lo:
+            rows = slice(lo - origin, hi - origin)
+            slab = logits_sum[:, rows, inner[0], inner[1]] / weight_sum[rows, inner[0], inner[1]]
+            yield lo - z_lo, slab
+
+    def shift(n: int) -> None:
+        logits_sum[:, : depth - n] = logits_sum[:, n:].copy()
+        logits_sum[:, depth - n :] = 0
+        weight_sum[: depth - n] = weight_sum[n:].copy()
+        weight_sum[depth - n :] = 0
+
+    scratch = np.empty((num_classes, *patch), dtype=np.float32)
+    for zs in starts[0]:
+        if zs > origin:
+            yield from finished(zs)
+            shift(zs - origin)
+            origin = zs
+        for ys in starts[1]:
+            for xs in starts[2]:
+                tile = np.ascontiguousarray(
+                    padded[None, :, zs : zs + depth, ys : ys + patch[1], xs : xs + patch[2]]
+                )
+                logits = run_patch(tile)
+                np.multiply(logits, weights, out=scratch)
+                region = (slice(0, depth), slice(ys, ys + patch[1]), slice(xs, xs + patch[2]))
+                logits_sum[(slice(None), *region)] += scratch
+                weight_sum[region] += weights
+    yield from finished(origin + depth)

@@ -1,0 +1,174 @@
+"""Small but real model bundles for tests, built without torch.
+
+The "network" is a 1x1x1 Conv3d whose class lines ``2 t_c x - t_c^2`` are tangents of ``x^2``:
+class c wins where the normalised intensity x is closest to ``t_c``, so it segments a phantom
+whose organs have distinct intensities. Optional presence input (a prior that suppresses absent
+classes) and presence head (max over the patch of ``logit_c - logit_background``) mimic the
+HALOS-style network's interface. Files are genuine ONNX (and OpenVINO IR / QDQ ONNX for INT8).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from edge_seg.bundle import Bundle
+
+LABELS = {"background": 0, "liver": 1, "kidney_right": 2, "spleen": 3}
+#: Hounsfield units of each class in :func:`make_phantom` (and class centres of the model).
+HU = {"background": -1000.0, "liver": 100.0, "kidney_right": 200.0, "spleen": 300.0}
+CT_NORM = {"scheme": "ct", "lower": -1000.0, "upper": 1000.0, "mean": 0.0, "std": 100.0}
+CENTRES = (-5.0, 1.0, 2.0, 3.0)  # in normalised units (HU / 100); background wins below -200 HU
+
+
+def _onnx_model(patch: Sequence[int], presence_input: bool, presence_output: bool):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    centres = np.asarray(CENTRES, dtype=np.float32)
+    k = len(centres)
+    weight = (2 * centres).reshape(k, 1, 1, 1, 1).astype(np.float32)
+    bias = (-(centres**2)).astype(np.float32)
+    inits = [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "B")]
+    nodes = [helper.make_node("Conv", ["image", "W", "B"], ["raw"], kernel_shape=[1, 1, 1])]
+    inputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 1, *patch])]
+    outputs = []
+    logits = "raw"
+    if presence_input:
+        inputs.append(helper.make_tensor_value_info("presence", TensorProto.FLOAT, [1, k - 1]))
+        inits += [
+            numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+            numpy_helper.from_array(np.array(50.0, np.float32), "strength"),
+            numpy_helper.from_array(np.zeros((1, 1), np.float32), "bg_zero"),
+            numpy_helper.from_array(np.array([1, k, 1, 1, 1], np.int64), "shape5"),
+        ]
+        nodes += [
+            helper.make_node("Sub", ["presence", "one"], ["missing"]),
+            helper.make_node("Mul", ["missing", "strength"], ["penalty"]),
+            helper.make_node("Concat", ["bg_zero", "penalty"], ["penalty_k"], axis=1),
+            helper.make_node("Reshape", ["penalty_k", "shape5"], ["penalty5"]),
+            helper.make_node("Add", ["raw", "penalty5"], ["with_prior"]),
+        ]
+        logits = "with_prior"
+    nodes.append(helper.make_node("Identity", [logits], ["logits"]))
+    outputs.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, k, *patch]))
+    if presence_output:
+        inits += [
+            numpy_helper.from_array(np.array([0], np.int64), "s0"),
+            numpy_helper.from_array(np.array([1], np.int64), "s1"),
+            numpy_helper.from_array(np.array([k], np.int64), "sk"),
+            numpy_helper.from_array(np.array([1], np.int64), "ax1"),
+        ]
+        nodes += [
+            helper.make_node("Slice", ["raw", "s0", "s1", "ax1"], ["bg"]),
+            helper.make_node("Slice", ["raw", "s1", "sk", "ax1"], ["organs"]),
+            helper.make_node("Sub", ["organs", "bg"], ["margin"]),
+            helper.make_node(
+                "ReduceMax", ["margin"], ["presence_logits"], axes=[2, 3, 4], keepdims=0
+            ),
+        ]
+        outputs.append(
+            helper.make_tensor_value_info("presence_logits", TensorProto.FLOAT, [1, k - 1])
+        )
+    graph = helper.make_graph(nodes, "tiny_threshold_net", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def make_bundle(
+    folder: Path,
+    *,
+    patch: Sequence[int] = (8, 16, 16),
+    spacing_mm: Sequence[float] = (2.0, 1.5, 1.5),
+    presence_input: bool = False,
+    presence_output: bool = False,
+    int8: bool = False,
+    validated: Sequence[str] = ("fp32",),
+) -> Path:
+    """Write a complete bundle folder and return it."""
+    import onnx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model = _onnx_model(patch, presence_input, presence_output)
+    onnx.save(model, folder / "model.onnx")
+    files = {"fp32": "model.onnx"}
+    if int8:
+        files.update(_int8_variants(folder, patch, presence_input))
+    organs = [n for n in LABELS if n != "background"]
+    bundle = Bundle(
+        name="tiny-threshold",
+        modality="CT",
+        channels=["CT"],
+        labels=dict(LABELS),
+        spacing_mm=[float(s) for s in spacing_mm],
+        normalization=[dict(CT_NORM)],
+        patch_size=[int(p) for p in patch],
+        files=files,
+        presence_input=organs if presence_input else None,
+        presence_output=presence_output,
+        validated_precisions=list(validated),
+    )
+    bundle.save(folder)
+    return folder
+
+
+def _int8_variants(folder: Path, patch: Sequence[int], presence_input: bool) -> dict[str, str]:
+    import openvino as ov
+    from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize_static
+
+    rng = np.random.default_rng(0)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = []
+            for _ in range(4):
+                feed = {"image": rng.uniform(-10, 10, (1, 1, *patch)).astype(np.float32)}
+                if presence_input:
+                    feed["presence"] = np.ones((1, len(LABELS) - 1), np.float32)
+                self.items.append(feed)
+
+        def get_next(self):
+            return self.items.pop() if self.items else None
+
+    quantize_static(
+        str(folder / "model.onnx"),
+        str(folder / "model_int8.onnx"),
+        Reader(),
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+    )
+    ov.save_model(ov.convert_model(str(folder / "model_int8.onnx")), str(folder / "model_int8.xml"))
+    return {"int8_onnx": "model_int8.onnx", "int8_openvino": "model_int8.xml"}
+
+
+def make_phantom(
+    shape: Sequence[int] = (24, 40, 44),
+    spacing_mm: Sequence[float] = (2.5, 1.2, 1.2),
+    organs: Sequence[str] = ("liver", "kidney_right", "spleen"),
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Air-filled box with one ellipsoid per organ at its HU; returns (image int16, labels)."""
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.meshgrid(
+        *[np.arange(n) * s for n, s in zip(shape, spacing_mm, strict=False)], indexing="ij"
+    )
+    extent = [n * s for n, s in zip(shape, spacing_mm, strict=False)]
+    image = np.full(shape, HU["background"], dtype=np.float32)
+    labels = np.zeros(shape, dtype=np.uint8)
+    centres = {
+        "liver": (0.5, 0.35, 0.3),
+        "kidney_right": (0.5, 0.7, 0.3),
+        "spleen": (0.5, 0.5, 0.75),
+    }
+    for name in organs:
+        cz, cy, cx = (c * e for c, e in zip(centres[name], extent, strict=False))
+        r = (0.3 * extent[0], 0.14 * extent[1], 0.16 * extent[2])
+        inside = ((zz - cz) / r[0]) ** 2 + ((yy - cy) / r[1]) ** 2 + ((xx - cx) / r[2]) ** 2 <= 1
+        image[inside] = HU[name]
+        labels[inside] = LABELS[name]
+    image += rng.normal(0, 5, shape).astype(np.float32)
+    return image.astype(np.int16), labels
