@@ -443,6 +443,7 @@ def apply_accuracy(
             try:
                 organ_dsc, organ_nsd = score(Path(record.prediction), label)
             except (EdgesegError, ValueError, OSError, RuntimeError) as exc:
+                # EvaluationError is a ValueError: geometry mismatch, unknown labels.
                 problems.append(f"{record.case_id} ({record.config}): not scored: {exc}")
         record.organ_dsc, record.organ_nsd = organ_dsc, organ_nsd
         record.dsc = _mean(organ_dsc.values())

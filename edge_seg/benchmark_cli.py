@@ -9,6 +9,8 @@ accuracy is computed (outside the timed children), then results are written and 
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -85,6 +87,7 @@ def run_benchmark_command(
     interval: float,
     reference: bool,
     plots: bool,
+    keep_predictions: bool = False,
     command_for: CommandBuilder | None = None,
     model_check: ModelCheck | None = check_model,
     console: Console | None = None,
@@ -134,19 +137,31 @@ def run_benchmark_command(
             f"{record.time_s:.2f} s, peak {record.peak_rss_mb:.0f} MB", highlight=False,
         )
 
-    run = run_benchmark(
-        cases, configs, command_for, output / "predictions", time_limit_s=time_limit,
-        memory_limit_mb=memory_limit_mb, interval_s=interval, reference=reference,
-        on_record=progress,
-    )
+    output.mkdir(parents=True, exist_ok=True)
+    # Predictions are scored and then dropped unless asked for: the benchmark's product is
+    # the measurement, and a cohort's worth of label maps should not pile up by accident.
+    with contextlib.ExitStack() as stack:
+        if keep_predictions:
+            predictions = output / "predictions"
+        else:
+            predictions = Path(stack.enter_context(tempfile.TemporaryDirectory(
+                prefix=".predictions.", dir=output)))
+        run = run_benchmark(
+            cases, configs, command_for, predictions, time_limit_s=time_limit,
+            memory_limit_mb=memory_limit_mb, interval_s=interval, reference=reference,
+            on_record=progress,
+        )
+        if gt is not None:
+            for problem in apply_accuracy(run, cases, _evaluator_scorer()):
+                err.print(f"edgeseg: warning: {problem}", highlight=False)
+        if not keep_predictions:
+            for record in run.records:
+                record.prediction = None
     run.unmatched_cases = unmatched
     run.settings.update({
         "cases_dir": str(cases_dir), "model": str(model), "gt": str(gt) if gt else None,
         "predict_options": predict_options,
     })
-    if gt is not None:
-        for problem in apply_accuracy(run, cases, _evaluator_scorer()):
-            err.print(f"edgeseg: warning: {problem}", highlight=False)
 
     paths = write_results(run, output, plots=plots)
     write_text_atomic(output / "benchmark.md", markdown_table(run))
@@ -197,12 +212,9 @@ def _report_failures(records: list[CaseRecord], err: Console) -> None:
 
 def _evaluator_scorer():  # -> edge_seg.benchmark.Scorer
     """DSC and NSD per organ from the evaluator (FLARE organ table and NSD tolerances)."""
-    from evaluator import score_case_files  # type: ignore[attr-defined]
+    from edge_seg.benchmark_accuracy import score_prediction
 
-    def score(prediction: Path, label: Path) -> tuple[dict[str, float], dict[str, float]]:
-        return score_case_files(prediction, label)
-
-    return score
+    return score_prediction
 
 
 __all__ = ["BenchmarkCase", "RegressionError", "check_model", "run_benchmark_command"]

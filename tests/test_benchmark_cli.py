@@ -105,7 +105,8 @@ def _run(tmp_path: Path, cases: Path, output: Path, **kwargs) -> str:
 def test_command_writes_results_and_gates_against_itself(tmp_path: Path) -> None:
     cases = _cases_dir(tmp_path)
     out = tmp_path / "out"
-    text = _run(tmp_path, cases, out, compare=["precision=fp32"], plots=True)
+    text = _run(tmp_path, cases, out, compare=["precision=fp32"], plots=True,
+                keep_predictions=True)
     assert "median" in text and "p90" in text and "time ratio" in text
     data = json.loads((out / "benchmark.json").read_text())
     status = {(c["case_id"], c["config"]): c["status"] for c in data["cases"]}
@@ -122,6 +123,9 @@ def test_command_writes_results_and_gates_against_itself(tmp_path: Path) -> None
     text = _run(tmp_path, cases, tmp_path / "again", compare=["precision=fp32"],
                 baseline=out / "benchmark.json", max_slowdown=None)
     assert "no regression" in text
+    # without --keep-predictions the label maps are gone, and so is their temporary folder
+    assert sorted(p.name for p in (tmp_path / "again").iterdir()) == [
+        "benchmark.csv", "benchmark.json", "benchmark.md"]
     # ... and against a baseline in which case b also finished under fp32, it fails, naming it.
     baseline = json.loads((out / "benchmark.json").read_text())
     for case in baseline["cases"]:
@@ -141,3 +145,28 @@ def test_ground_truth_without_any_match_is_refused(tmp_path: Path) -> None:
                     str(labels / "zzz.nii.gz"))
     with pytest.raises(EdgesegError, match="no ground truth matches any case"):
         _run(tmp_path, cases, tmp_path / "out", gt=labels)
+
+
+def _label_map(path: Path, array: np.ndarray, spacing=(1.0, 1.0, 2.0)) -> Path:
+    image = sitk.GetImageFromArray(array.astype(np.uint8))
+    image.SetSpacing(spacing)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def test_accuracy_comes_from_the_evaluator(tmp_path: Path) -> None:
+    from edge_seg.benchmark_accuracy import score_prediction
+    from evaluator.errors import EvaluationError
+
+    gt = np.zeros((6, 10, 24), np.uint8)
+    gt[1:5, 2:8, 2:22] = 1  # liver, 480 voxels
+    pred = gt.copy()
+    pred[1:5, 2:8, 2:14] = 0  # 12 mm of it missed: DSC = 2*192/(480+192)
+    gt_path = _label_map(tmp_path / "gt.nii.gz", gt)
+    dsc, nsd = score_prediction(_label_map(tmp_path / "p.nii.gz", pred), gt_path)
+    assert dsc["liver"] == pytest.approx(2 * 192 / (480 + 192))
+    assert 0 < nsd["liver"] < 1
+    assert dsc["spleen"] == 1.0 and nsd["spleen"] == 1.0  # empty in both: FLARE scores 1
+    assert len(dsc) == 13
+    with pytest.raises(EvaluationError, match="spacing"):
+        score_prediction(_label_map(tmp_path / "q.nii.gz", pred, (1.0, 1.0, 1.0)), gt_path)

@@ -104,6 +104,9 @@ def register(app: typer.Typer) -> None:
             help="Time a fixed reference workload per round (machine-speed units for gates).",
         ),
         plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots."),
+        keep_predictions: bool = typer.Option(
+            False, "--keep-predictions", help="Keep the label maps in OUTPUT/predictions/."
+        ),
     ) -> None:
         """Time each case in a fresh `edgeseg predict` process, as FLARE does: wall time from
         start to the written output, peak memory and memory-time AUC of the whole process tree
@@ -120,4 +123,5 @@ def register(app: typer.Typer) -> None:
             compare=compare, baseline=baseline,
             max_slowdown=max_slowdown if time_gate else None, max_drop=max_drop,
             interval=interval, reference=reference, plots=plots,
+            keep_predictions=keep_predictions,
         )
