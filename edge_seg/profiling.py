@@ -267,9 +267,16 @@ def run_monitored(
 
             reaper = threading.Thread(target=_reap, daemon=True)
             reaper.start()
-            samples, limit_hit = _watch(
-                proc.pid, start, exited, time_limit_s, memory_limit_mb, interval_s, sample
-            )
+            try:
+                samples, limit_hit = _watch(
+                    proc.pid, start, exited, time_limit_s, memory_limit_mb, interval_s, sample
+                )
+            except BaseException:
+                # Ctrl-C or an error here: the command runs in its own session and would
+                # not get the terminal's SIGINT, so end it rather than leave it running.
+                kill_tree(proc.pid)
+                reaper.join()
+                raise
             reaper.join()
             # Anything the command left running in its session (a stray daemon grandchild)
             # would skew the next measurement: end it too.

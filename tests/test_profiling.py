@@ -134,3 +134,24 @@ def test_without_sampling_records_no_samples_but_same_exit() -> None:
 def test_limits_must_be_positive() -> None:
     with pytest.raises(ValueError, match="time limit"):
         run_monitored(_python("pass"), time_limit_s=0)
+
+
+def test_interrupting_the_measurement_ends_the_child(tmp_path, monkeypatch) -> None:
+    # A sampling error stands in for Ctrl-C: the child (own session, sees no SIGINT) must die.
+    import edge_seg.profiling as profiling
+
+    pid_file = tmp_path / "pid"
+    code = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(600)"
+    original = profiling.sample_tree
+
+    def failing_sample(root, state, t_s):
+        if pid_file.exists():
+            raise KeyboardInterrupt
+        return original(root, state, t_s)
+
+    monkeypatch.setattr(profiling, "sample_tree", failing_sample)
+    with pytest.raises(KeyboardInterrupt):
+        run_monitored(_python(code), time_limit_s=60)
+    pid = int(pid_file.read_text())
+    with contextlib.suppress(psutil.NoSuchProcess):
+        assert psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
