@@ -132,11 +132,27 @@ def quantize_onnxruntime(
     class Reader(_PatchReader, CalibrationDataReader):
         pass
 
+    import logging
+
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
     names = onnx_input_names(onnx_path)
-    excluded = sensitive_layers(conv_node_names(onnx_path), keep_fp) if keep_fp else []
+    out_path = Path(out_path)
+    # ORT's recommended pre-processing: shape inference and graph optimisation (constant
+    # folding, fusions) so that quantisation sees the graph the runtime will execute.
+    prepared = out_path.with_name(out_path.stem + ".prep.onnx")
+    root_logger = logging.getLogger()
+    level = root_logger.level
+    root_logger.setLevel(logging.ERROR)  # ORT logs a warning per non-quantised norm weight
     try:
+        try:
+            quant_pre_process(str(onnx_path), str(prepared), auto_merge=True)
+            source = prepared
+        except Exception:  # pre-processing is an optimisation; the raw graph quantises too
+            source = Path(onnx_path)
+        excluded = sensitive_layers(conv_node_names(source), keep_fp) if keep_fp else []
         quantize_static(
-            str(onnx_path),
+            str(source),
             str(out_path),
             Reader(samples, names),
             quant_format=QuantFormat.QDQ,
@@ -148,6 +164,9 @@ def quantize_onnxruntime(
         )
     except Exception as exc:
         raise EdgesegError(f"{onnx_path}: ONNX Runtime quantisation failed ({exc})") from exc
+    finally:
+        root_logger.setLevel(level)
+        prepared.unlink(missing_ok=True)
     return {
         "tool": f"onnxruntime.quantization {onnxruntime.__version__}",
         "format": "QDQ, per-channel int8 weights, uint8 activations, MinMax calibration",

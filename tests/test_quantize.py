@@ -1,0 +1,177 @@
+"""``edgeseg quantize``: INT8 variants calibrated on real preprocessed patches, fidelity report."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("nncf")
+pytest.importorskip("dynamic_network_architectures")
+
+from export_fixtures import make_results_folder, write_ct_image
+
+from edge_seg.bundle import load_bundle
+from edge_seg.cli import main
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from export.bundle_writer import export_nnunet
+
+    root = tmp_path_factory.mktemp("quantize")
+    results = make_results_folder(root / "nnUNet_results", seed=11)
+    images = root / "images"
+    for i in range(3):
+        write_ct_image(images / f"case{i}_0000.nii.gz", seed=20 + i)
+    bundle = root / "bundle"
+    export_nnunet(results, bundle, images=sorted(images.iterdir()))
+    return {"root": root, "bundle": bundle, "images": images}
+
+
+def fresh_bundle(exported: dict[str, Path], tmp_path: Path) -> Path:
+    target = tmp_path / "bundle"
+    shutil.copytree(exported["bundle"], target)
+    return target
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_quantize_adds_validated_variants_and_report(exported, tmp_path, capsys) -> None:
+    bundle_dir = fresh_bundle(exported, tmp_path)
+    code, out, err = run_cli(["quantize", str(bundle_dir), "--calib", str(exported["images"]),
+                              "--patches-per-image", "2"], capsys)
+    assert code == 0, err
+    bundle = load_bundle(bundle_dir)  # every listed file exists (load_bundle checks)
+    fidelity = bundle.fidelity
+    # Three images: the last one is held out, never used for calibration.
+    assert fidelity["holdout_images"] == ["case2_0000"]
+    assert fidelity["calibration_images"] == ["case0_0000", "case1_0000"]
+    assert fidelity["calibration_patches"] == 4
+    assert all(src.split("@")[0] != "case2_0000" for src in bundle.provenance["calibration_set"])
+    variants = fidelity["variants"]
+    assert {"int8_openvino", "int8_onnx"} <= {v.removesuffix("_mixed") for v in variants}
+    shipped = {report["shipped_as"] for report in variants.values() if report["passed"]}
+    assert set(bundle.validated_precisions) == {"fp32", *shipped}
+    for name, report in variants.items():
+        assert set(report["dice_per_class"]) == {"liver", "kidney_right", "spleen"}
+        per_class = list(report["dice_per_class"].values())
+        assert report["mean_dice"] == pytest.approx(np.mean(per_class), abs=1e-4)
+        assert report["worst_dice"] == min(report["dice_per_class"].values())
+        assert report["passed"] == (report["mean_dice"] >= 0.98)
+        assert report["latency_ratio_int8_vs_fp32"] > 0
+        assert name in out  # the table is printed
+    for key in shipped:
+        assert bundle.files[key].startswith("model_int8_")
+    assert not [p for p in bundle_dir.iterdir() if p.name.startswith(".quantize")]
+
+
+def test_variant_below_the_bar_is_not_shipped(exported, tmp_path, capsys) -> None:
+    bundle_dir = fresh_bundle(exported, tmp_path)
+    holdout = tmp_path / "holdout"
+    write_ct_image(holdout / "held_0000.nii.gz", seed=99)
+    code, out, err = run_cli(["quantize", str(bundle_dir), "--calib", str(exported["images"]),
+                              "--holdout", str(holdout), "--backend", "openvino",
+                              "--patches-per-image", "1", "--bar", "1.0"], capsys)
+    assert code == 0, err
+    bundle = load_bundle(bundle_dir)
+    variants = bundle.fidelity["variants"]
+    plain = variants["int8_openvino"]
+    assert plain["holdout_images"] == ["held_0000"]
+    assert not plain["passed"] and "below the 1.0 bar" in out
+    # The mixed-precision fallback was tried and reported beside the plain variant.
+    mixed = variants["int8_openvino_mixed"]
+    assert len(mixed["quantization"]["fp_layers"]) == 2
+    if mixed["passed"]:
+        assert bundle.validated_precisions == ["fp32", "int8_openvino"]
+        assert bundle.files["int8_openvino"] == mixed["file"]
+    else:
+        assert bundle.validated_precisions == ["fp32"]
+        assert "int8_openvino" not in bundle.files
+
+
+def test_calibration_patches_are_preprocessed_image_windows(exported) -> None:
+    from export.calibration import list_images, patch_set, preprocessed_array, read_images
+
+    bundle = load_bundle(exported["bundle"])
+    volumes, problems = read_images(list_images(exported["images"]), exported["images"])
+    assert not problems
+    patches = patch_set(volumes[:1], bundle, patches_per_image=3)
+    array = preprocessed_array(volumes[0], bundle)
+    assert len(patches.inputs) == 3
+    for (patch,), source in zip(patches.inputs, patches.sources, strict=True):
+        start = [int(s) for s in source.split("@")[1].split(",")]
+        window = array[:, start[0]:start[0] + 16, start[1]:start[1] + 32, start[2]:start[2] + 32]
+        assert patch.shape == (1, 1, 16, 32, 32)
+        np.testing.assert_array_equal(patch[0], window)
+
+
+def test_window_starts_cover_the_axis() -> None:
+    from export.calibration import window_starts
+
+    assert window_starts(20, 32) == [0]
+    starts = window_starts(100, 32)
+    assert starts[0] == 0 and starts[-1] == 100 - 32
+    assert max(np.diff(starts)) <= 16  # step 0.5 of the patch
+
+
+def test_dice_agreement_conventions() -> None:
+    from export.fidelity import dice_agreement
+
+    a = np.zeros((4, 4, 4), np.uint8)
+    b = a.copy()
+    a[0, :2] = 1
+    b[0, :1] = 1
+    scores = dice_agreement(a, b, {"liver": 1, "spleen": 3})
+    assert scores["spleen"] == 1.0  # empty in both
+    assert scores["liver"] == pytest.approx(2 * 4 / (8 + 4))
+
+
+@pytest.mark.parametrize("case", ["unreadable", "single", "overlap"])
+def test_bad_calibration_input_leaves_bundle_untouched(exported, tmp_path, capsys, case) -> None:
+    bundle_dir = fresh_bundle(exported, tmp_path)
+    manifest = (bundle_dir / "edgeseg.json").read_bytes()
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    args = ["quantize", str(bundle_dir), "--calib", str(calib)]
+    if case == "unreadable":
+        (calib / "a_0000.nii.gz").write_bytes(b"not a nifti")
+        (calib / "b_0000.nii.gz").write_bytes(b"not a nifti")
+        expected = "no readable images"
+    elif case == "single":
+        write_ct_image(calib / "a_0000.nii.gz", seed=1)
+        expected = "pass --holdout"
+    else:
+        write_ct_image(calib / "a_0000.nii.gz", seed=1)
+        args += ["--holdout", str(calib)]
+        expected = "must not be calibration images"
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and expected in err and err.count("\n") == 1
+    assert (bundle_dir / "edgeseg.json").read_bytes() == manifest
+    assert sorted(p.name for p in bundle_dir.iterdir()) == ["edgeseg.json", "model.onnx"]
+
+
+def test_quantize_without_nncf_names_the_extra(exported, tmp_path) -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['nncf'] = None  # as if the export extra were not installed\n"
+        "from edge_seg.cli import main\n"
+        f"main(['quantize', {str(exported['bundle'])!r}, '--calib', "
+        f"{str(exported['images'])!r}])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "'export' extra" in result.stderr and "nncf" in result.stderr
