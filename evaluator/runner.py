@@ -1,0 +1,320 @@
+"""Run an evaluation: find cases, read and map labels, score (optionally in parallel), collect.
+
+Run-level problems (missing or empty folders, no matching predictions, unknown CSV subjects,
+bad options) raise :class:`~evaluator.errors.EvaluationError` before anything is scored.
+Case-level problems (an unreadable or truncated file, a geometry mismatch, unknown label
+values) are recorded in :attr:`EvaluationResult.failures` and the batch goes on: a broken
+*prediction* is scored as the worst case (like a missing one); a case with a broken *ground
+truth* cannot be scored and has no rows.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from evaluator.adapters import chaos, nifti
+from evaluator.adapters.base import CaseSpec, LabelFile, describe, load_volume
+from evaluator.errors import EvaluationError
+from evaluator.labels import FLARE_LABELS
+from evaluator.labelsets import (
+    PRESETS,
+    LabelSet,
+    evaluation_ids,
+    load_labelset,
+    to_evaluation_labels,
+)
+from evaluator.presence import read_presence_csv
+from evaluator.protocols import DEFAULT_PROTOCOL, Protocol, get_protocol
+from evaluator.scoring import OrganScore, presence_only_rows, score_organs, worst_case_rows
+from evaluator.volumes import resample_to, same_geometry
+
+FORMATS = ("auto", "flare", "nnunet", "msd", "chaos", "ukb")
+
+
+@dataclass
+class EvaluationOptions:
+    """Options of one evaluation run (the CLI flags of ``edgeseg evaluate``)."""
+
+    format: str = "auto"
+    protocol: str = DEFAULT_PROTOCOL
+    gt_labels: str = "auto"
+    pred_labels: str = "auto"
+    presence_csv: Path | None = None
+    organs: Sequence[str] = ()
+    nsd_tolerance_mm: dict[str, float] = field(default_factory=dict)
+    resample_pred: bool = False
+    workers: int = 1
+
+
+@dataclass
+class CaseFailure:
+    case: str
+    side: str  # "prediction" or "ground truth"
+    message: str
+
+
+@dataclass
+class EvaluationResult:
+    """Everything the reports need."""
+
+    gt_root: Path
+    pred_root: Path
+    format: str
+    protocol: Protocol
+    rows: list[OrganScore]
+    cases: list[str]
+    missing_predictions: list[str]
+    failures: list[CaseFailure]
+    ignored_predictions: int
+
+
+@dataclass(frozen=True)
+class _CaseJob:
+    spec: CaseSpec
+    gt_labels: LabelSet | None
+    pred_labels: LabelSet
+    organ_ids: dict[str, int]
+    protocol: Protocol
+    resample_pred: bool
+    check_position: bool
+
+
+@dataclass
+class _CaseOutcome:
+    rows: list[OrganScore]
+    failure: CaseFailure | None = None
+
+
+def detect_format(gt_root: Path, presence_csv: Path | None) -> str:
+    """Guess the ground-truth layout (see :data:`FORMATS`)."""
+    if chaos.looks_like_chaos(gt_root):
+        return "chaos"
+    if presence_csv is not None:
+        return "ukb"
+    json_path = nifti.dataset_json(nifti.label_folder(gt_root))
+    if json_path is not None:
+        import json
+
+        try:
+            data = json.loads(json_path.read_text())
+        except (OSError, ValueError):
+            return "nnunet"
+        return "msd" if isinstance(data, dict) and "training" in data else "nnunet"
+    return "flare"
+
+
+def _check_folder(path: Path, role: str) -> None:
+    if not path.exists():
+        raise EvaluationError(f"{path}: {role} folder not found")
+    if not path.is_dir():
+        raise EvaluationError(f"{path}: {role} path is not a folder")
+    if not any(path.iterdir()):
+        raise EvaluationError(f"{path}: {role} folder is empty")
+
+
+def discover_cases(gt_root: Path, pred_root: Path,
+                   options: EvaluationOptions) -> tuple[str, list[CaseSpec], int]:
+    """(format, cases, number of predictions without ground truth) for two folders."""
+    if options.format not in FORMATS:
+        raise EvaluationError(f"unknown format {options.format!r}; choose from "
+                              f"{', '.join(FORMATS)}")
+    _check_folder(gt_root, "ground-truth")
+    _check_folder(pred_root, "prediction")
+    fmt = options.format if options.format != "auto" else detect_format(
+        gt_root, options.presence_csv)
+    if fmt == "chaos":
+        cases = chaos.discover(gt_root, pred_root)
+        if not cases:
+            raise EvaluationError(f"{gt_root}: no CHAOS case folders (DICOM_anon/ + Ground/)")
+    else:
+        cases = nifti.discover(gt_root, pred_root)
+    if options.presence_csv is not None:
+        cases = _add_presence_cases(cases, pred_root, options.presence_csv)
+    if not cases:
+        raise EvaluationError(f"{gt_root}: no ground-truth label maps found")
+    matched_ids = {c.case_id for c in cases if c.pred is not None}
+    if not matched_ids:
+        raise EvaluationError(f"{pred_root}: no prediction matches a ground-truth case "
+                              f"(expected e.g. {cases[0].case_id}.nii.gz)")
+    available = set(nifti.image_files(pred_root))
+    ignored = len(available - {c.case_id for c in cases})
+    return fmt, cases, ignored
+
+
+def _add_presence_cases(cases: list[CaseSpec], pred_root: Path,
+                        csv_path: Path) -> list[CaseSpec]:
+    if not csv_path.is_file():
+        raise EvaluationError(f"{csv_path}: presence CSV not found")
+    known = set(FLARE_LABELS) | {o for s in PRESETS.values() for o in s.organs}
+    presence = read_presence_csv(csv_path, known)
+    predictions = nifti.image_files(pred_root)
+    by_id = {c.case_id: c for c in cases}
+    unknown = sorted(s for s in presence if s not in by_id and s not in predictions)
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        raise EvaluationError(f"{csv_path}: {len(unknown)} subject(s) have neither a prediction "
+                              f"nor a ground truth: {shown}")
+    extra = [
+        CaseSpec(case_id=subject, gt=None, pred=LabelFile(predictions[subject]),
+                 presence=values)
+        for subject, values in presence.items() if subject not in by_id
+    ]
+    return cases + extra
+
+
+def _resolve_labelset(option: str, inferred: str, modality: str,
+                      cache: dict[str, LabelSet]) -> LabelSet:
+    name = inferred if option == "auto" else option
+    if name.strip().lower() == "chaos":
+        name = "chaos_mr" if modality == "MR" else "chaos_ct"
+    if name not in cache:
+        cache[name] = load_labelset(name)
+    return cache[name]
+
+
+def _case_organs(spec: CaseSpec, gt_set: LabelSet | None, pred_set: LabelSet,
+                 wanted: set[str] | None) -> list[str]:
+    gt_organs = gt_set.organs if gt_set is not None else list(spec.presence or {})
+    organs = [o for o in gt_organs if o in pred_set.ranges]
+    return [o for o in organs if wanted is None or o in wanted]
+
+
+def plan_jobs(cases: list[CaseSpec], options: EvaluationOptions, protocol: Protocol,
+              fmt: str) -> list[_CaseJob]:
+    """Resolve label sets and the organs of every case."""
+    cache: dict[str, LabelSet] = {}
+    wanted = None
+    if options.organs:
+        from evaluator.labels import canonical_organ_name
+
+        wanted = {canonical_organ_name(o) for o in options.organs}
+    plans = []
+    all_organs: list[str] = []
+    for spec in cases:
+        gt_set = (_resolve_labelset(options.gt_labels, spec.gt_labels, spec.modality, cache)
+                  if spec.gt is not None else None)
+        pred_set = _resolve_labelset(options.pred_labels, spec.pred_labels, spec.modality, cache)
+        organs = _case_organs(spec, gt_set, pred_set, wanted)
+        plans.append((spec, gt_set, pred_set, organs))
+        all_organs += [o for o in organs if o not in all_organs]
+    if not all_organs:
+        raise EvaluationError("no organ is shared by the ground-truth and prediction label sets"
+                              + (" and --organs" if wanted else ""))
+    ordered = sorted(all_organs, key=lambda o: (FLARE_LABELS.get(o, 1000), o))
+    ids = evaluation_ids(ordered)
+    return [
+        _CaseJob(spec, gt_set, pred_set, {o: ids[o] for o in ordered if o in organs},
+                 protocol, options.resample_pred, check_position=fmt != "chaos")
+        for spec, gt_set, pred_set, organs in plans
+    ]
+
+
+def score_job(job: _CaseJob) -> _CaseOutcome:
+    """Read, map and score one case (runs in a worker process when --workers > 1)."""
+    spec = job.spec
+    if spec.gt is None:
+        return _score_presence_only(job)
+    assert job.gt_labels is not None
+    try:
+        gt_volume = load_volume(spec.gt)
+        gt = to_evaluation_labels(gt_volume.array, job.gt_labels, job.organ_ids,
+                                  describe(spec.gt))
+    except EvaluationError as exc:
+        return _CaseOutcome([], CaseFailure(spec.case_id, "ground truth", str(exc)))
+    gt_values = {o: job.gt_labels.representative_value(o) for o in job.organ_ids}
+
+    def worst(status: str) -> list[OrganScore]:
+        return worst_case_rows(spec.case_id, gt, gt_volume.spacing_mm, job.organ_ids,
+                               job.protocol, status, gt_label_values=gt_values)
+
+    if spec.pred is None:
+        return _CaseOutcome(worst("missing_prediction"))
+    try:
+        pred_volume = load_volume(spec.pred)
+        problem = same_geometry(gt_volume, pred_volume, check_position=job.check_position)
+        if problem and job.resample_pred:
+            pred_volume = resample_to(gt_volume, pred_volume)
+        elif problem:
+            raise EvaluationError(f"{describe(spec.pred)}: geometry does not match the ground "
+                                  f"truth: {problem} (use --resample-pred to resample)")
+        pred = to_evaluation_labels(pred_volume.array, job.pred_labels, job.organ_ids,
+                                    describe(spec.pred))
+    except EvaluationError as exc:
+        return _CaseOutcome(worst("failed_prediction"),
+                            CaseFailure(spec.case_id, "prediction", str(exc)))
+    rows = score_organs(spec.case_id, gt, pred, gt_volume.spacing_mm, job.organ_ids,
+                        job.protocol, gt_label_values=gt_values)
+    return _CaseOutcome(rows)
+
+
+def _score_presence_only(job: _CaseJob) -> _CaseOutcome:
+    spec = job.spec
+    assert spec.presence is not None
+    pred = None
+    failure = None
+    if spec.pred is not None:
+        try:
+            volume = load_volume(spec.pred)
+            pred = to_evaluation_labels(volume.array, job.pred_labels, job.organ_ids,
+                                        describe(spec.pred))
+        except EvaluationError as exc:
+            failure = CaseFailure(spec.case_id, "prediction", str(exc))
+    rows = presence_only_rows(spec.case_id, spec.presence, pred, job.organ_ids)
+    if failure is not None:
+        for row in rows:
+            row.status = "failed_prediction"
+    return _CaseOutcome(rows, failure)
+
+
+def evaluate(
+    gt_root: Path,
+    pred_root: Path,
+    options: EvaluationOptions,
+    progress: Callable[[str], None] | None = None,
+) -> EvaluationResult:
+    """Evaluate every ground-truth case in ``gt_root`` against ``pred_root``.
+
+    ``progress`` is called with each case id once it is scored.
+    """
+    protocol = get_protocol(options.protocol, options.nsd_tolerance_mm)
+    fmt, cases, ignored = discover_cases(gt_root, pred_root, options)
+    jobs = plan_jobs(cases, options, protocol, fmt)
+    workers = max(1, min(int(options.workers), len(jobs), os.cpu_count() or 1))
+    outcomes: list[_CaseOutcome] = []
+    if workers == 1:
+        for job in jobs:
+            outcomes.append(score_job(job))
+            if progress:
+                progress(job.spec.case_id)
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for job, outcome in zip(jobs, pool.map(score_job, jobs), strict=True):
+                outcomes.append(outcome)
+                if progress:
+                    progress(job.spec.case_id)
+    rows = [row for outcome in outcomes for row in outcome.rows]
+    failures = [o.failure for o in outcomes if o.failure is not None]
+    return EvaluationResult(
+        gt_root=gt_root,
+        pred_root=pred_root,
+        format=fmt,
+        protocol=protocol,
+        rows=rows,
+        cases=[job.spec.case_id for job in jobs],
+        missing_predictions=[job.spec.case_id for job in jobs if job.spec.pred is None],
+        failures=failures,
+        ignored_predictions=ignored,
+    )
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """JSON-safe number: NaN and infinities become None."""
+    if value is None or not np.isfinite(value):
+        return None
+    return float(value)
