@@ -136,7 +136,9 @@ def phantom_volume(bundle: Bundle, seed: int = 0) -> Volume:
     """A synthetic abdomen in the bundle's modality (for checks when no images are given)."""
     from edge_seg.synth import generate_phantom
 
-    phantom = generate_phantom(seed, modality=bundle.modality.lower())
+    # A coarse grid (whole abdomen field of view, few voxels): quick to make and preprocess.
+    phantom = generate_phantom(seed, modality=bundle.modality.lower(), n_slices=48,
+                               shape_yx=(160, 160))
     return Volume(
         array=phantom.image,
         spacing_mm=tuple(float(s) for s in phantom.spacing_mm),  # type: ignore[arg-type]

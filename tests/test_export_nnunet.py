@@ -227,3 +227,12 @@ def test_export_without_torch_names_the_extra(workspace, tmp_path) -> None:
     assert result.returncode == 2
     assert "'export' extra" in result.stderr and "torch" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_without_images_the_check_runs_on_a_preprocessed_phantom(workspace, tmp_path) -> None:
+    from export.bundle_writer import export_nnunet
+
+    bundle = export_nnunet(workspace["results"], tmp_path / "bundle")
+    check = bundle.provenance["onnx_check"]
+    assert check["patch_source"].startswith("phantom")
+    assert check["max_abs_diff"]["logits"] <= 1e-3
