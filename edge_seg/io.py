@@ -157,7 +157,8 @@ def _read_image(path: Path) -> sitk.Image:
 def _first_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     # SimpleITK puts the useful sentence last, after file/line noise.
-    return lines[-1] if lines else type(exc).__name__
+    line = lines[-1] if lines else type(exc).__name__
+    return line.replace("sitk::ERROR: ", "")
 
 
 def _check_dimensions(path: Path, size: Sequence[int]) -> None:

@@ -3,7 +3,7 @@
 The "network" is a 1x1x1 Conv3d whose class lines ``2 t_c x - t_c^2`` are tangents of ``x^2``:
 class c wins where the normalised intensity x is closest to ``t_c``, so it segments a phantom
 whose organs have distinct intensities. Optional presence input (a prior that suppresses absent
-classes) and presence head (max over the patch of ``logit_c - logit_background``) mimic the
+classes) and presence head (max over the patch of ``logit_c - max_j logit_j``, plus 0.25) mimic the
 HALOS-style network's interface. Files are genuine ONNX (and OpenVINO IR / QDQ ONNX for INT8).
 """
 
@@ -56,18 +56,19 @@ def _onnx_model(patch: Sequence[int], presence_input: bool, presence_output: boo
     outputs.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, k, *patch]))
     if presence_output:
         inits += [
-            numpy_helper.from_array(np.array([0], np.int64), "s0"),
             numpy_helper.from_array(np.array([1], np.int64), "s1"),
             numpy_helper.from_array(np.array([k], np.int64), "sk"),
             numpy_helper.from_array(np.array([1], np.int64), "ax1"),
+            numpy_helper.from_array(np.array(0.25, np.float32), "offset"),
         ]
+        # presence_c = max over the patch of (logit_c - max_j logit_j) + 0.25: positive where
+        # class c wins (or nearly wins) somewhere in the patch.
         nodes += [
-            helper.make_node("Slice", ["raw", "s0", "s1", "ax1"], ["bg"]),
-            helper.make_node("Slice", ["raw", "s1", "sk", "ax1"], ["organs"]),
-            helper.make_node("Sub", ["organs", "bg"], ["margin"]),
-            helper.make_node(
-                "ReduceMax", ["margin"], ["presence_logits"], axes=[2, 3, 4], keepdims=0
-            ),
+            helper.make_node("ReduceMax", ["raw"], ["best"], axes=[1], keepdims=1),
+            helper.make_node("Sub", ["raw", "best"], ["gap"]),
+            helper.make_node("Slice", ["gap", "s1", "sk", "ax1"], ["organ_gap"]),
+            helper.make_node("ReduceMax", ["organ_gap"], ["gap_max"], axes=[2, 3, 4], keepdims=0),
+            helper.make_node("Add", ["gap_max", "offset"], ["presence_logits"]),
         ]
         outputs.append(
             helper.make_tensor_value_info("presence_logits", TensorProto.FLOAT, [1, k - 1])

@@ -1,0 +1,128 @@
+"""edge_seg.io: reading scans in every supported format, geometry, and refusing bad input."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from edge_seg.errors import EdgesegError
+from edge_seg.io import Volume, read_volume, write_label_map
+
+DIRECTION = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def _write(
+    path: Path, array: np.ndarray, spacing_xyz=(0.8, 0.7, 2.5), origin=(10.0, -20.0, 30.0)
+) -> Path:
+    image = sitk.GetImageFromArray(array)
+    if image.GetDimension() == 3:
+        image.SetSpacing(spacing_xyz)
+        image.SetOrigin(origin)
+        image.SetDirection(DIRECTION)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".mha", ".nrrd"])
+def test_read_volume_keeps_simpleitk_order_and_geometry(tmp_path: Path, suffix: str) -> None:
+    array = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    volume = read_volume(_write(tmp_path / f"scan{suffix}", array))
+    np.testing.assert_array_equal(volume.array, array)
+    assert volume.spacing_mm == pytest.approx((2.5, 0.7, 0.8))  # z, y, x
+    assert volume.origin == pytest.approx((10.0, -20.0, 30.0))
+    assert volume.direction == pytest.approx(DIRECTION)
+    assert volume.name == "scan"
+
+
+def test_write_label_map_copies_geometry_exactly(tmp_path: Path) -> None:
+    scan = read_volume(_write(tmp_path / "scan.nii.gz", np.zeros((4, 5, 6), np.int16)))
+    labels = np.zeros((4, 5, 6), dtype=np.int64)
+    labels[1:3, 2:4, 1:5] = 9
+    out = write_label_map(labels, scan, tmp_path / "out" / "seg.nii.gz")
+    written = sitk.ReadImage(str(out))
+    assert written.GetPixelID() == sitk.sitkUInt8
+    reference = sitk.ReadImage(str(tmp_path / "scan.nii.gz"))
+    assert written.GetSpacing() == pytest.approx(reference.GetSpacing())
+    assert written.GetOrigin() == pytest.approx(reference.GetOrigin())
+    assert written.GetDirection() == pytest.approx(reference.GetDirection())
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(written), labels)
+    assert [p.name for p in out.parent.iterdir()] == ["seg.nii.gz"]  # no temporary left
+
+
+def test_write_label_map_refuses_folder_shape_mismatch_and_bad_values(tmp_path: Path) -> None:
+    scan = Volume(np.zeros((3, 4, 5), np.int16), (1.0, 1.0, 1.0))
+    with pytest.raises(EdgesegError, match="is a folder"):
+        write_label_map(np.zeros((3, 4, 5), np.uint8), scan, tmp_path)
+    with pytest.raises(EdgesegError, match="differs from the scan shape"):
+        write_label_map(np.zeros((3, 4, 4), np.uint8), scan, tmp_path / "a.nii.gz")
+    with pytest.raises(EdgesegError, match=r"outside 0\.\.255"):
+        write_label_map(np.full((3, 4, 5), 300), scan, tmp_path / "b.nii.gz")
+    with pytest.raises(EdgesegError, match="unknown output format"):
+        write_label_map(np.zeros((3, 4, 5), np.uint8), scan, tmp_path / "c.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_write_label_map_refuses_unwritable_folder(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    scan = Volume(np.zeros((3, 4, 5), np.int16), (1.0, 1.0, 1.0))
+    try:
+        with pytest.raises(EdgesegError, match="not writable"):
+            write_label_map(np.zeros((3, 4, 5), np.uint8), scan, locked / "seg.nii.gz")
+    finally:
+        locked.chmod(0o700)
+
+
+def test_read_volume_refuses_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(EdgesegError, match="no such file"):
+        read_volume(tmp_path / "missing.nii.gz")
+    garbage = tmp_path / "garbage.nii.gz"
+    garbage.write_bytes(b"not an image")
+    with pytest.raises(EdgesegError, match="unreadable"):
+        read_volume(garbage)
+    flat = _write(tmp_path / "flat.nii.gz", np.zeros((1, 8, 8), np.int16))
+    with pytest.raises(EdgesegError, match="single slice"):
+        read_volume(flat)
+    plane = tmp_path / "plane.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((8, 8), np.int16)), str(plane))
+    with pytest.raises(EdgesegError, match="2D image"):
+        read_volume(plane)
+    series = sitk.JoinSeries([sitk.GetImageFromArray(np.zeros((3, 4, 5), np.float32))] * 2)
+    sitk.WriteImage(series, str(tmp_path / "time.nii.gz"))
+    with pytest.raises(EdgesegError, match="4D image"):
+        read_volume(tmp_path / "time.nii.gz")
+    bad = np.zeros((3, 4, 5), np.float32)
+    bad[1, 2, 3] = np.nan
+    bad[0, 0, 0] = np.inf
+    with pytest.raises(EdgesegError, match="2 voxels are NaN or infinite"):
+        read_volume(_write(tmp_path / "nan.mha", bad))
+    with pytest.raises(EdgesegError, match="no DICOM series"):
+        read_volume(tmp_path)
+
+
+def test_read_volume_refuses_image_larger_than_memory(tmp_path: Path) -> None:
+    # A MetaImage header claiming 40000^3 voxels: refused from the header, before reading data.
+    (tmp_path / "huge.raw").write_bytes(b"\0" * 16)
+    header = tmp_path / "huge.mhd"
+    header.write_text(
+        "ObjectType = Image\nNDims = 3\nDimSize = 40000 40000 40000\n"
+        "ElementType = MET_SHORT\nElementSpacing = 1 1 1\nElementDataFile = huge.raw\n"
+    )
+    with pytest.raises(EdgesegError, match=r"40000x40000x40000 voxels needs about .* GiB"):
+        read_volume(header)
+
+
+def test_read_dicom_series_folder(shared_data: Path) -> None:
+    folder = shared_data / "chaos_ct_sample" / "DICOM_anon"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} not found")
+    volume = read_volume(folder)
+    assert volume.shape == (78, 512, 512)
+    assert volume.spacing_mm[0] == pytest.approx(2.0)
+    assert volume.spacing_mm[1] == pytest.approx(0.7265625)

@@ -1,0 +1,220 @@
+"""The runtime pipeline on small real bundles (genuine ONNX / OpenVINO / ORT sessions)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+sys.path.insert(0, str(Path(__file__).parent))
+from helpers_bundle import LABELS, make_bundle, make_phantom
+
+from edge_seg.backends.base import choose_model
+from edge_seg.bundle import load_bundle
+from edge_seg.crop import parse_crop
+from edge_seg.errors import EdgesegError
+from edge_seg.io import Volume
+from edge_seg.postprocess import keep_largest_component
+from edge_seg.predict import PredictOptions, Predictor
+from edge_seg.resample import logits_to_labels
+from edge_seg.window import gaussian_importance, sliding_window, window_starts
+
+SPACING = (2.5, 1.2, 1.2)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
+
+
+@pytest.fixture(scope="module")
+def plain_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_bundle(tmp_path_factory.mktemp("plain"), int8=True, validated=("fp32", "int8"))
+
+
+@pytest.fixture(scope="module")
+def halos_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_bundle(tmp_path_factory.mktemp("halos"), presence_input=True, presence_output=True)
+
+
+@pytest.fixture(scope="module")
+def phantom() -> tuple[Volume, np.ndarray]:
+    image, labels = make_phantom(spacing_mm=SPACING)
+    return Volume(image, SPACING, path=Path("phantom.nii.gz")), labels
+
+
+# -- pieces against straightforward references ---------------------------------------------
+
+
+def test_window_starts_cover_image_with_requested_overlap() -> None:
+    assert window_starts([110], [64], 0.5) == [[0, 23, 46]]
+    assert window_starts([64, 100], [64, 50], 0.5) == [[0], [0, 25, 50]]
+    assert window_starts([64, 100], [64, 50], 1.0) == [[0], [0, 50]]
+
+
+def test_gaussian_importance_peaks_at_centre_without_zeros() -> None:
+    weights = gaussian_importance((8, 16, 16))
+    assert weights.max() == pytest.approx(10.0)
+    assert weights[4, 8, 8] == weights.max()
+    assert weights.min() > 0
+
+
+def test_streamed_sliding_window_equals_whole_volume_average() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(1, 13, 21, 18)).astype(np.float32)
+    patch, classes = (6, 8, 10), 3
+    mixing = rng.normal(size=(classes, 1)).astype(np.float32)
+
+    def run(tile: np.ndarray) -> np.ndarray:  # depends on the patch position through the data
+        return (mixing[:, :, None, None] * tile[0]).reshape(classes, *patch) + tile[0].mean()
+
+    slabs = list(sliding_window(image, patch, 0.5, run, classes))
+    streamed = np.concatenate([s for _, s in slabs], axis=1)
+    assert [z for z, _ in slabs] == sorted(z for z, _ in slabs)
+    # Reference: one accumulator for the whole volume.
+    weights = gaussian_importance(patch)
+    total = np.zeros((classes, *image.shape[1:]), np.float32)
+    norm = np.zeros(image.shape[1:], np.float32)
+    for zs in window_starts(image.shape[1:], patch, 0.5)[0]:
+        for ys in window_starts(image.shape[1:], patch, 0.5)[1]:
+            for xs in window_starts(image.shape[1:], patch, 0.5)[2]:
+                region = (slice(zs, zs + 6), slice(ys, ys + 8), slice(xs, xs + 10))
+                total[(slice(None), *region)] += run(image[(slice(None), *region)][None]) * weights
+                norm[region] += weights
+    np.testing.assert_allclose(streamed, total / norm, rtol=1e-5, atol=1e-5)
+
+
+def test_logits_to_labels_equals_full_resampling_then_argmax() -> None:
+    rng = np.random.default_rng(1)
+    net_shape, out_shape = (9, 14, 16), (23, 30, 35)
+    logits = ndimage.gaussian_filter(rng.normal(size=(4, *net_shape)), (0, 1, 1, 1)).astype(
+        np.float32
+    )
+    # Reference: every class resampled to the output grid (linear, edge-clamped), then argmax.
+    zoom = [o / n for o, n in zip(out_shape, net_shape, strict=True)]
+    full = np.stack(
+        [ndimage.zoom(c, zoom, order=1, mode="nearest", grid_mode=True) for c in logits]
+    )
+    slabs = ((z, logits[:, z : z + 2]) for z in range(0, net_shape[0], 2))
+    labels = logits_to_labels(slabs, net_shape, out_shape, (1, 1, 1), (0.4, 0.47, 0.46), range(4))
+    np.testing.assert_array_equal(labels, full.argmax(0))
+
+
+def test_keep_largest_component_removes_islands_only() -> None:
+    labels = np.zeros((10, 10, 10), np.uint8)
+    labels[1:5, 1:5, 1:5] = 1
+    labels[8, 8, 8] = 1  # island
+    labels[6:9, 1:3, 1:3] = 2
+    kept = keep_largest_component(labels.copy())
+    assert kept[8, 8, 8] == 0
+    assert (kept == 1).sum() == 64 and (kept == 2).sum() == 12
+
+
+# -- the Predictor ---------------------------------------------------------------------------
+
+
+def test_predict_segments_phantom_in_input_geometry(plain_bundle: Path, phantom) -> None:
+    volume, truth = phantom
+    prediction = Predictor(plain_bundle, PredictOptions(precision="fp32", crop="none")).predict(
+        volume
+    )
+    assert prediction.labels.dtype == np.uint8
+    assert prediction.labels.shape == volume.shape
+    assert prediction.precision == "fp32"
+    for value in (1, 2, 3):
+        assert dice(prediction.labels == value, truth == value) > 0.6
+    assert set(prediction.timings) >= {"preprocess", "network", "total"}
+
+
+def test_backends_agree_and_int8_stays_close(plain_bundle: Path, phantom) -> None:
+    volume, _ = phantom
+    results = {}
+    for backend in ("openvino", "onnxruntime"):
+        for precision in ("fp32", "int8"):
+            options = PredictOptions(backend=backend, precision=precision, crop="none")
+            results[backend, precision] = Predictor(plain_bundle, options).predict(volume).labels
+    reference = results["onnxruntime", "fp32"]
+    assert (results["openvino", "fp32"] == reference).mean() > 0.999
+    for key, labels in results.items():
+        for value in (1, 2, 3):
+            assert dice(labels == value, reference == value) > 0.9, key
+
+
+def test_precision_auto_picks_fastest_validated(plain_bundle: Path, tmp_path: Path) -> None:
+    bundle = load_bundle(plain_bundle)
+    assert choose_model(bundle, "openvino", "auto").file_key == "int8_openvino"
+    assert choose_model(bundle, "onnxruntime", "auto").file_key == "int8_onnx"
+    bundle.validated_precisions = ["fp32"]
+    assert choose_model(bundle, "openvino", "auto").precision == "fp32"
+    with pytest.raises(EdgesegError, match="not available with the onnxruntime"):
+        choose_model(bundle, "onnxruntime", "bf16")
+
+
+def test_auto_crop_keeps_accuracy_middle_crop_loses_organs(plain_bundle: Path) -> None:
+    # A long scan with the organs well off-centre, towards the first slices.
+    image, truth = make_phantom(shape=(24, 40, 44), spacing_mm=SPACING)
+    long_image = np.full((70, 40, 44), -1000, np.int16)
+    long_truth = np.zeros((70, 40, 44), np.uint8)
+    long_image[2:26], long_truth[2:26] = image, truth
+    volume = Volume(long_image, SPACING)
+    labels = {}
+    for crop in ("none", "auto", "middle:30"):
+        options = PredictOptions(precision="fp32", crop=crop)
+        labels[crop] = Predictor(plain_bundle, options).predict(volume).labels
+    for value in (1, 2, 3):
+        full = dice(labels["none"] == value, long_truth == value)
+        assert dice(labels["auto"] == value, long_truth == value) == pytest.approx(full, abs=0.02)
+    assert (labels["middle:30"][:20] > 0).sum() == 0
+    assert dice(labels["middle:30"] > 0, long_truth > 0) < 0.5
+
+
+def test_absent_organ_is_excluded_before_argmax_without_holes(plain_bundle: Path, phantom) -> None:
+    volume, truth = phantom
+    options = PredictOptions(precision="fp32", crop="none", absent_organs=("spleen",))
+    labels = Predictor(plain_bundle, options).predict(volume).labels
+    assert not (labels == LABELS["spleen"]).any()
+    # The spleen's voxels go to the next most likely class (kidney, closest intensity).
+    inside = ndimage.binary_erosion(truth == LABELS["spleen"], iterations=2)
+    assert (labels[inside] == LABELS["kidney_right"]).mean() > 0.9
+
+
+def test_absent_organ_goes_through_presence_input(halos_bundle: Path, phantom) -> None:
+    volume, truth = phantom
+    options = PredictOptions(crop="none", absent_organs=("3",))  # label number of spleen
+    prediction = Predictor(halos_bundle, options).predict(volume)
+    assert not (prediction.labels == LABELS["spleen"]).any()
+    assert dice(prediction.labels == 1, truth == 1) > 0.6
+
+
+def test_presence_auto_uses_presence_head(halos_bundle: Path) -> None:
+    # Liver only: the threshold "network" sees no spleen-bright voxel anywhere.
+    image, _truth = make_phantom(spacing_mm=SPACING, organs=("liver",))
+    volume = Volume(image, SPACING)
+    prediction = Predictor(halos_bundle, PredictOptions(presence="auto")).predict(volume)
+    assert prediction.presence is not None
+    assert prediction.presence["liver"] > 0.5
+    assert prediction.presence["spleen"] < 0.5
+    assert not (prediction.labels == LABELS["spleen"]).any()
+
+
+def test_bad_options_and_bundles_are_one_line_errors(plain_bundle: Path, tmp_path: Path) -> None:
+    with pytest.raises(EdgesegError, match="unknown organ 'pancreas'; this label set has: liver"):
+        Predictor(plain_bundle, PredictOptions(absent_organs=("pancreas",)))
+    with pytest.raises(EdgesegError, match="--crop"):
+        parse_crop("middle:abc")
+    with pytest.raises(EdgesegError, match="--backend"):
+        Predictor(plain_bundle, PredictOptions(backend="tensorrt"))
+    newer = make_bundle(tmp_path / "newer")
+    manifest = json.loads((newer / "edgeseg.json").read_text())
+    manifest["format_version"] = 99
+    (newer / "edgeseg.json").write_text(json.dumps(manifest))
+    with pytest.raises(EdgesegError, match="newer than this edgeseg supports"):
+        Predictor(newer)
+    broken = make_bundle(tmp_path / "broken")
+    (broken / "model.onnx").unlink()
+    with pytest.raises(EdgesegError, match="model file for 'fp32' is missing"):
+        Predictor(broken)

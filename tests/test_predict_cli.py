@@ -1,0 +1,105 @@
+"""``edgeseg predict`` end to end in real subprocesses: outputs, batch resume, bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+sys.path.insert(0, str(Path(__file__).parent))
+from helpers_bundle import make_bundle, make_phantom
+
+SPACING_XYZ = (1.2, 1.2, 2.5)
+
+
+def edgeseg(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edge_seg", "predict", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def write_scan(path: Path, seed: int = 0) -> Path:
+    image, _ = make_phantom(seed=seed)
+    itk = sitk.GetImageFromArray(image)
+    itk.SetSpacing(SPACING_XYZ)
+    itk.SetOrigin((5.0, -3.0, 12.0))
+    sitk.WriteImage(itk, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_bundle(tmp_path_factory.mktemp("bundle"))
+
+
+def test_single_scan_default_output_preview_and_summary(bundle: Path, tmp_path: Path) -> None:
+    scan = write_scan(tmp_path / "case_0000.nii.gz")
+    result = edgeseg(scan, "--model", bundle, "--preview", tmp_path / "case.png")
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "case_0000_seg.nii.gz"
+    assert "liver" in result.stdout and str(out) in result.stdout
+    written = sitk.ReadImage(str(out))
+    assert written.GetOrigin() == pytest.approx((5.0, -3.0, 12.0))
+    assert written.GetSpacing() == pytest.approx(SPACING_XYZ)
+    assert set(np.unique(sitk.GetArrayFromImage(written))) <= {0, 1, 2, 3}
+    assert (tmp_path / "case.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bad_input_is_one_line_error_without_output(bundle: Path, tmp_path: Path) -> None:
+    scan = write_scan(tmp_path / "scan.nii.gz")
+    plane = tmp_path / "plane.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((8, 8), np.int16)), str(plane))
+    cases = [
+        ((plane, "--model", bundle), "2D image"),
+        ((scan, "--model", bundle, "--absent", "pancreas"), "unknown organ 'pancreas'"),
+        ((scan, "--model", bundle, "-o", scan), "overwrite the input"),
+        ((scan, "--model", tmp_path), "not a model bundle"),
+    ]
+    for args, message in cases:
+        result = edgeseg(*args)
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plane.nii.gz", "scan.nii.gz"]
+
+
+def test_batch_continues_past_bad_case_and_resumes(bundle: Path, tmp_path: Path) -> None:
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    for i in range(2):
+        write_scan(inputs / f"case{i}_0000.nii.gz", seed=i)
+    (inputs / "broken_0000.nii.gz").write_bytes(b"not a scan")
+    first = edgeseg(inputs, outputs, "--model", bundle, "--workers", "2", "--quiet")
+    assert first.returncode == 2
+    assert "1 of 3 cases failed: broken" in first.stderr
+    assert sorted(p.name for p in outputs.iterdir()) == ["case0.nii.gz", "case1.nii.gz"]
+    stamp = (outputs / "case0.nii.gz").stat().st_mtime_ns
+    (inputs / "broken_0000.nii.gz").unlink()
+    second = edgeseg(inputs, outputs, "--model", bundle)
+    assert second.returncode == 0, second.stderr
+    assert "0 segmented, 2 already done, 0 failed" in second.stdout
+    assert (outputs / "case0.nii.gz").stat().st_mtime_ns == stamp
+
+
+def test_real_ct_scan_keeps_geometry(bundle: Path, shared_data: Path, tmp_path: Path) -> None:
+    scan = shared_data / "totalseg_examples" / "example_ct.nii.gz"
+    if not scan.is_file():
+        pytest.skip(f"{scan} not found")
+    from edge_seg.predict import DEFAULT_BUNDLE
+
+    model = DEFAULT_BUNDLE if (DEFAULT_BUNDLE / "edgeseg.json").is_file() else bundle
+    out = tmp_path / "example_seg.nii.gz"
+    result = edgeseg(scan, "-o", out, "--model", model)
+    assert result.returncode == 0, result.stderr
+    reference, written = sitk.ReadImage(str(scan)), sitk.ReadImage(str(out))
+    assert written.GetSize() == reference.GetSize()
+    assert written.GetSpacing() == pytest.approx(reference.GetSpacing())
+    assert written.GetOrigin() == pytest.approx(reference.GetOrigin())
+    assert written.GetDirection() == pytest.approx(reference.GetDirection())
