@@ -1,0 +1,221 @@
+"""INT8 vs fp32: latency per patch on every CPU route, and label agreement on held-out phantoms.
+
+For each bundle given (after ``edgeseg export`` + ``edgeseg quantize``), in one process:
+
+* latency per patch of the runtime's own sessions (:func:`edge_seg.backends.base.open_session`)
+  for ONNX Runtime fp32 and INT8 (QDQ), OpenVINO fp32 (``INFERENCE_PRECISION_HINT=f32``),
+  bf16 and INT8 (plugin default for the non-quantised layers), plus OpenVINO INT8 with the f32
+  hint (what a CPU without AMX/bf16 gets). Patches are real preprocessed windows of synthetic
+  phantoms (seeds not used for calibration). Configurations run round-robin, the order rotating
+  every repetition, so drift of the shared machine hits all alike; the table gives the median
+  per patch and the speed ratios measured in this run.
+* label agreement: whole-image label maps of held-out phantoms from
+  :class:`edge_seg.predict.Predictor`, INT8 vs fp32 on the same backend; per-organ Dice, mean
+  and worst organ (the bar is mean >= 0.98).
+
+Usage::
+
+    python benchmarks/bench_quantize.py edge_seg/models/flare_ct_plain edge_seg/models/halos_ct \
+        [--patches 4] [--reps 5] [--threads 2] [--agreement-phantoms 3] \
+        [--output-dir benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_seg.backends.base import ModelChoice, open_session
+from edge_seg.bundle import Bundle, load_bundle
+from edge_seg.io import Volume
+from edge_seg.synth import generate_phantom
+from evaluator.atomic import write_text_atomic
+from export.calibration import network_inputs, patches_from_array, preprocessed_array
+from export.fidelity import AGREEMENT_BAR, compare, predict_all
+
+PATCH_SEED = 5000
+AGREEMENT_SEED = 7000
+
+
+def phantom_volume(seed: int, modality: str, slices: int, matrix: int) -> Volume:
+    phantom = generate_phantom(seed, modality=modality.lower(), n_slices=slices,
+                               shape_yx=(matrix, matrix))
+    return Volume(phantom.image, tuple(phantom.spacing_mm), tuple(phantom.origin),
+                  tuple(phantom.direction), Path(f"phantom_{seed}.nii.gz"))
+
+
+def sessions(bundle: Bundle, threads: int | None) -> dict[str, Any]:
+    """Every (backend, precision) route the bundle supports, as the runtime opens it."""
+    from edge_seg.backends.openvino import OpenVinoSession
+
+    routes: dict[str, Any] = {
+        "ORT fp32": open_session(bundle, "onnxruntime", "fp32", threads),
+        "OV fp32 (f32 hint)": open_session(bundle, "openvino", "fp32", threads),
+        "OV bf16": open_session(bundle, "openvino", "bf16", threads),
+    }
+    if "int8_onnx" in bundle.files:
+        routes["ORT int8 (QDQ)"] = open_session(bundle, "onnxruntime", "int8", threads)
+    if "int8_openvino" in bundle.files:
+        routes["OV int8"] = open_session(bundle, "openvino", "int8", threads)
+        # Same IR with the f32 hint: non-quantised layers in f32, as on CPUs without bf16.
+        choice = ModelChoice("openvino", "fp32", "int8_openvino",
+                             bundle.model_path("int8_openvino"))
+        routes["OV int8 (f32 hint)"] = OpenVinoSession(bundle, choice, threads)
+    return routes
+
+
+def _precision_name(session: Any) -> str:
+    text = str(getattr(session, "inference_precision", "?"))
+    for long, short in (("bfloat16", "bf16"), ("float32", "f32"), ("float16", "f16")):
+        if long in text:
+            return short
+    return text
+
+
+def time_routes(routes: dict[str, Any], inputs: list[list[np.ndarray]], reps: int
+                ) -> dict[str, list[float]]:
+    names = list(routes)
+    for name in names:  # warm-up: first-call allocations and JIT are not latency
+        routes[name].run(*inputs[0])
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for rep in range(reps):
+        order = names[rep % len(names):] + names[: rep % len(names)]
+        for name in order:
+            for sample in inputs:
+                start = time.perf_counter()
+                routes[name].run(*sample)
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def agreement(bundle_dir: Path, bundle: Bundle, volumes: list[Volume], threads: int | None
+              ) -> dict[str, Any]:
+    out = {}
+    names = [v.name for v in volumes]
+    for backend, key in (("openvino", "int8_openvino"), ("onnxruntime", "int8_onnx")):
+        if key not in bundle.files:
+            continue
+        reference = predict_all(bundle_dir, backend, "fp32", volumes, threads)
+        candidate = predict_all(bundle_dir, backend, "int8", volumes, threads)
+        out[key] = compare(reference, candidate, bundle.organs, names, AGREEMENT_BAR)
+    return out
+
+
+def render(bundle: Bundle, command: str, lat: dict[str, Any], agree: dict[str, Any],
+           host: str) -> str:
+    lines = [
+        f"# INT8 vs fp32: {bundle.name}",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Host: {host}. Patch {bundle.patch_size} (z, y, x), {lat['patches']} real preprocessed "
+        f"phantom patches x {lat['reps']} repetitions per route, interleaved.",
+        "",
+        "| route | precision run | median ms / patch | vs its fp32 |",
+        "|---|---|---|---|",
+    ]
+    for name, row in lat["routes"].items():
+        ratio = row.get("speedup_vs_fp32")
+        lines.append(f"| {name} | {row['inference_precision']} | {row['median_ms']:.1f} | "
+                     f"{'' if ratio is None else f'{ratio:.2f}x'} |")
+    lines += ["", "Speed-ups measured in this run:", ""]
+    for key, value in lat["ratios"].items():
+        lines.append(f"- {key}: **{value:.2f}x**")
+    if agree:
+        lines += ["", f"Label agreement INT8 vs fp32 (Predictor, whole images, "
+                      f"{len(next(iter(agree.values()))['holdout_images'])} held-out phantoms; "
+                      f"bar: mean Dice >= {AGREEMENT_BAR}):", "",
+                  "| INT8 model | mean Dice | worst organ | per organ |", "|---|---|---|---|"]
+        for key, rep in agree.items():
+            per = ", ".join(f"{k} {v:.3f}" for k, v in rep["dice_per_class"].items())
+            lines.append(f"| {key} | **{rep['mean_dice']:.4f}** | {rep['worst_class']} "
+                         f"{rep['worst_dice']:.4f} | {per} |")
+    fid = bundle.fidelity.get("variants", {})
+    if fid:
+        lines += ["", "Fidelity report stored in the bundle by `edgeseg quantize`:", "",
+                  "| variant | mean Dice | worst | shipped |", "|---|---|---|---|"]
+        for key, rep in fid.items():
+            lines.append(f"| {key} | {rep['mean_dice']:.4f} | {rep['worst_class']} "
+                         f"{rep['worst_dice']:.4f} | {'yes' if rep['passed'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bundles", nargs="+", type=Path)
+    parser.add_argument("--patches", type=int, default=4)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--agreement-phantoms", type=int, default=3)
+    parser.add_argument("--phantom-slices", type=int, default=64)
+    parser.add_argument("--phantom-matrix", type=int, default=256)
+    parser.add_argument("--output-dir", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args()
+    command = "python benchmarks/bench_quantize.py " + " ".join(
+        [str(b) for b in args.bundles] + [f"--patches {args.patches}", f"--reps {args.reps}",
+         f"--agreement-phantoms {args.agreement_phantoms}",
+         f"--phantom-slices {args.phantom_slices}", f"--phantom-matrix {args.phantom_matrix}"]
+        + ([f"--threads {args.threads}"] if args.threads else []))
+    host = (f"{platform.platform()}, {os.cpu_count()} logical CPUs, "
+            f"{platform.processor() or platform.machine()}")
+    for bundle_dir in args.bundles:
+        bundle = load_bundle(bundle_dir)
+        inputs: list[list[np.ndarray]] = []
+        seed = PATCH_SEED
+        while len(inputs) < args.patches:
+            volume = phantom_volume(seed, bundle.modality, args.phantom_slices,
+                                    args.phantom_matrix)
+            array = preprocessed_array(volume, bundle)
+            for patch, _ in patches_from_array(array, bundle.patch_size, 2):
+                inputs.append(network_inputs(patch, bundle))
+            seed += 1
+        inputs = inputs[: args.patches]
+        routes = sessions(bundle, args.threads)
+        times = time_routes(routes, inputs, args.reps)
+        medians = {name: statistics.median(t) * 1000 for name, t in times.items()}
+        fp32_of = {"ORT": "ORT fp32", "OV": "OV fp32 (f32 hint)"}
+        rows = {}
+        for name, ms in medians.items():
+            base = medians[fp32_of[name.split()[0]]]
+            rows[name] = {
+                "median_ms": round(ms, 3),
+                "inference_precision": _precision_name(routes[name]),
+                "speedup_vs_fp32": None if "fp32" in name else round(base / ms, 3),
+            }
+        ratios = {}
+        f32 = medians["OV fp32 (f32 hint)"]
+        for name in ("OV int8", "OV bf16", "OV int8 (f32 hint)"):
+            if name in medians:
+                ratios[f"{name} vs OV fp32 (f32 hint)"] = f32 / medians[name]
+        if "ORT int8 (QDQ)" in medians:
+            ratios["ORT int8 vs ORT fp32"] = medians["ORT fp32"] / medians["ORT int8 (QDQ)"]
+        ratios["OV fp32 vs ORT fp32"] = medians["ORT fp32"] / f32
+        lat = {"patches": len(inputs), "reps": args.reps, "routes": rows,
+               "ratios": {k: round(v, 3) for k, v in ratios.items()}}
+        del routes
+        agree = {}
+        if args.agreement_phantoms:
+            volumes = [phantom_volume(AGREEMENT_SEED + i, bundle.modality, args.phantom_slices,
+                                      args.phantom_matrix)
+                       for i in range(args.agreement_phantoms)]
+            agree = agreement(bundle_dir, bundle, volumes, args.threads)
+        text = render(bundle, command, lat, agree, host)
+        print(text)
+        stem = f"quantize_{bundle_dir.name}"
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(args.output_dir / f"{stem}.md", text)
+        write_text_atomic(args.output_dir / f"{stem}.json", json.dumps(
+            {"bundle": bundle.name, "command": command, "host": host, "latency": lat,
+             "agreement": agree}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
