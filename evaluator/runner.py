@@ -10,6 +10,7 @@ truth* cannot be scored and has no rows.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -83,6 +84,7 @@ class _CaseJob:
     protocol: Protocol
     resample_pred: bool
     check_position: bool
+    threads: int = 1
 
 
 @dataclass
@@ -249,7 +251,7 @@ def score_job(job: _CaseJob) -> _CaseOutcome:
         return _CaseOutcome(worst("failed_prediction"),
                             CaseFailure(spec.case_id, "prediction", str(exc)))
     rows = score_organs(spec.case_id, gt, pred, gt_volume.spacing_mm, job.organ_ids,
-                        job.protocol, gt_label_values=gt_values)
+                        job.protocol, gt_label_values=gt_values, workers=job.threads)
     return _CaseOutcome(rows)
 
 
@@ -285,7 +287,11 @@ def evaluate(
     protocol = get_protocol(options.protocol, options.nsd_tolerance_mm)
     fmt, cases, ignored = discover_cases(gt_root, pred_root, options)
     jobs = plan_jobs(cases, options, protocol, fmt)
-    workers = max(1, min(int(options.workers), len(jobs), os.cpu_count() or 1))
+    cpus = os.cpu_count() or 1
+    workers = max(1, min(int(options.workers), len(jobs), cpus))
+    # Cores not used by case processes score organs in threads.
+    threads = max(1, min(4, cpus // workers))
+    jobs = [dataclasses.replace(job, threads=threads) for job in jobs]
     outcomes: list[_CaseOutcome] = []
     if workers == 1:
         for job in jobs:
