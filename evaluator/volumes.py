@@ -62,12 +62,36 @@ def _integer_labels(array: np.ndarray, path: Path) -> np.ndarray:
     return rounded.astype(np.uint16 if rounded.max(initial=0) > 255 else np.uint8)
 
 
+def check_gzip_complete(path: Path) -> None:
+    """Raise if a ``.gz`` file is truncated or corrupt.
+
+    ITK's NIfTI reader fills a truncated gzip stream with zeros instead of failing, which
+    would silently score an empty prediction; decompressing once to nowhere catches it.
+    """
+    import zlib
+
+    decompressor = zlib.decompressobj(wbits=31)  # gzip container
+    try:
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                # Bounded output per call (16 MiB) so memory stays flat; the output is dropped.
+                decompressor.decompress(chunk, 1 << 24)
+                while decompressor.unconsumed_tail:
+                    decompressor.decompress(decompressor.unconsumed_tail, 1 << 24)
+    except (OSError, zlib.error) as exc:
+        raise EvaluationError(f"{path}: corrupt gzip data ({exc})") from None
+    if not decompressor.eof:
+        raise EvaluationError(f"{path}: truncated file (gzip stream ends early)")
+
+
 def read_label_file(path: Path) -> LabelVolume:
     """Read a 3D label map with SimpleITK (NIfTI, MHA, NRRD); integer values only."""
     import SimpleITK as sitk
 
     if not path.is_file():
         raise EvaluationError(f"{path}: file not found")
+    if path.name.endswith(".gz"):
+        check_gzip_complete(path)
     try:
         image = sitk.ReadImage(str(path))
         array = sitk.GetArrayFromImage(image)

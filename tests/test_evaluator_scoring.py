@@ -116,7 +116,7 @@ def test_label_mapping_by_organ_name() -> None:
 def test_unknown_label_value_is_an_error() -> None:
     labels = _volume()
     labels[0, 0, 0] = 77
-    with pytest.raises(EvaluationError, match="unknown label value.*77"):
+    with pytest.raises(EvaluationError, match=r"unknown label value.*77"):
         to_evaluation_labels(labels, PRESETS["flare"], dict(FLARE_LABELS), "pred.nii.gz")
 
 
