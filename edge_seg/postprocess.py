@@ -26,19 +26,33 @@ def keep_largest_component(
     connectivity : {6, 18, 26}
         Voxel neighbourhood defining "connected".
     """
-    stats = cc3d.statistics(labels)
+    # Organ bounding boxes from one pass over the labelled part of the scan only.
+    foreground = _foreground_box(labels)
+    if foreground is None:
+        return labels
+    region = labels[foreground]
+    stats = cc3d.statistics(region)
     boxes = stats["bounding_boxes"]
     counts = stats["voxel_counts"]
     wanted = range(1, len(boxes)) if values is None else values
     for value in wanted:
         if value <= 0 or value >= len(boxes) or counts[value] == 0:
             continue
-        box = boxes[value]
-        crop = labels[box]
+        crop = region[boxes[value]]
         mask = crop == value
         largest = cc3d.largest_k(mask, k=1, connectivity=connectivity, binary_image=True)
         crop[mask & (largest == 0)] = 0
     return labels
+
+
+def _foreground_box(labels: np.ndarray) -> tuple[slice, ...] | None:
+    rows = np.flatnonzero(labels.any(axis=(1, 2)))
+    if rows.size == 0:
+        return None
+    z = slice(int(rows[0]), int(rows[-1]) + 1)
+    plane = labels[z].any(axis=0)
+    ys, xs = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
+    return (z, slice(int(ys[0]), int(ys[-1]) + 1), slice(int(xs[0]), int(xs[-1]) + 1))
 
 
 def organ_volumes_ml(

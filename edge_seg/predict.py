@@ -184,7 +184,7 @@ class Predictor:
             )
 
         t = time.perf_counter()
-        image, geometry = preprocess(scan, bundle)
+        image, geometry = preprocess(scan, bundle, options.threads)
         timings["preprocess"] = time.perf_counter() - t
         self._check_memory(volume, image)
 

@@ -119,7 +119,9 @@ def normalize(image: np.ndarray, scheme: dict[str, Any], where: str = "bundle") 
     return image
 
 
-def preprocess(volume: Volume | Sequence[Volume], bundle: Bundle) -> tuple[np.ndarray, Geometry]:
+def preprocess(
+    volume: Volume | Sequence[Volume], bundle: Bundle, threads: int | None = None
+) -> tuple[np.ndarray, Geometry]:
     """Turn a scan into the network's input, exactly as the bundle's source model saw it.
 
     Parameters
@@ -129,6 +131,10 @@ def preprocess(volume: Volume | Sequence[Volume], bundle: Bundle) -> tuple[np.nd
     bundle : Bundle
         Supplies ``transpose_forward``, ``normalization``, ``spacing_mm`` and the anisotropy
         threshold.
+    threads : int, optional
+        Worker threads for resampling (default: all cores).
+    threads : int, optional
+        Worker threads for resampling (default: all cores).
 
     Returns
     -------
@@ -160,10 +166,20 @@ def preprocess(volume: Volume | Sequence[Volume], bundle: Bundle) -> tuple[np.nd
     threshold = float(bundle.resampling.get("anisotropy_threshold", 3.0))
     out = np.empty((len(arrays), *new_shape), dtype=np.float32)
     for c, array in enumerate(arrays):
-        channel = np.array(array[crop], dtype=np.float32)  # a copy: the scan stays untouched
-        normalize(channel, bundle.normalization[c], where=str(bundle.root))
-        out[c] = resample_image(channel, new_shape, spacing, target, 3, 0, threshold)
-        del channel
+        scheme = bundle.normalization[c]
+        cropped = array[crop]
+        pointwise = None
+        if str(scheme.get("scheme", "")).lower() in ("ct", "none"):
+            # Voxel-wise: may run after the nearest-neighbour slice pick (same result).
+            def pointwise(x: np.ndarray, scheme: dict = scheme) -> None:
+                normalize(x, scheme, where=str(bundle.root))
+        else:
+            # Needs whole-image statistics: normalise first, as nnU-Net does.
+            cropped = normalize(np.array(cropped, dtype=np.float32), scheme, str(bundle.root))
+        out[c] = resample_image(
+            cropped, new_shape, spacing, target, 3, 0, threshold, pointwise, threads
+        )
+        del cropped
     geometry = Geometry(
         transpose_forward=transpose,
         shape_before_cropping=tuple(int(s) for s in arrays[0].shape),

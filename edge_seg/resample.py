@@ -13,7 +13,9 @@ logits be mapped back one output slab at a time.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from scipy import ndimage
@@ -110,7 +112,9 @@ def _index(axis: int, sl: slice | np.ndarray, ndim: int) -> tuple:
     return tuple(sl if a == axis else slice(None) for a in range(ndim))
 
 
-def _cubic_along(data: np.ndarray, axis: int, n_out: int) -> np.ndarray:
+def _cubic_along(
+    data: np.ndarray, axis: int, n_out: int, pool: ThreadPoolExecutor | None = None
+) -> np.ndarray:
     """Cubic B-spline resize of ``data`` along one axis (float32 result)."""
     n_in = data.shape[axis]
     if n_in == n_out:
@@ -124,9 +128,11 @@ def _cubic_along(data: np.ndarray, axis: int, n_out: int) -> np.ndarray:
     out = np.empty(out_shape, dtype=np.float32)
     bshape = [1] * data.ndim
     bshape[axis] = n_out
-    for other, sl in _chunks(data.shape, axis):
+    pad = [(_SPLINE_PAD, _SPLINE_PAD) if a == axis else (0, 0) for a in range(data.ndim)]
+
+    def work(chunk: tuple[int, slice]) -> None:
+        other, sl = chunk
         piece = data[_index(other, sl, data.ndim)]
-        pad = [(_SPLINE_PAD, _SPLINE_PAD) if a == axis else (0, 0) for a in range(data.ndim)]
         coef = ndimage.spline_filter1d(
             np.pad(piece, pad, mode="edge"), 3, axis=axis, output=np.float32, mode="nearest"
         )
@@ -135,10 +141,17 @@ def _cubic_along(data: np.ndarray, axis: int, n_out: int) -> np.ndarray:
         for k in range(1, 4):
             acc += np.take(coef, start + k, axis=axis) * weights[k].reshape(bshape)
         out[_index(other, sl, data.ndim)] = acc
+
+    chunks = _chunks(data.shape, axis)
+    # SciPy's spline filter and NumPy's gathers release the GIL: threads scale.
+    for _ in pool.map(work, chunks) if pool else map(work, chunks):
+        pass
     return out
 
 
-def _linear_along(data: np.ndarray, axis: int, n_out: int) -> np.ndarray:
+def _linear_along(
+    data: np.ndarray, axis: int, n_out: int, pool: ThreadPoolExecutor | None = None
+) -> np.ndarray:
     n_in = data.shape[axis]
     if n_in == n_out:
         return data
@@ -153,15 +166,24 @@ def _linear_along(data: np.ndarray, axis: int, n_out: int) -> np.ndarray:
 
 
 def _resize(
-    data: np.ndarray, new_shape: Sequence[int], order: int, axes: Sequence[int]
+    data: np.ndarray,
+    new_shape: Sequence[int],
+    order: int,
+    axes: Sequence[int],
+    pool: ThreadPoolExecutor | None = None,
 ) -> np.ndarray:
     along = _cubic_along if order == 3 else _linear_along
     out = data
-    # Shrinking axes first keeps the intermediate arrays small.
-    ratios = sorted(axes, key=lambda a: new_shape[a] / data.shape[a])
+    # Shrinking axes first keeps the intermediate arrays small; on ties the contiguous last
+    # axis goes first (its filter runs on unit-stride lines).
+    ratios = sorted(axes, key=lambda a: (new_shape[a] / data.shape[a], -a))
     for axis in ratios:
-        out = along(out, axis, int(new_shape[axis]))
+        out = along(out, axis, int(new_shape[axis]), pool)
     return out
+
+
+#: A pointwise intensity transform (e.g. CT normalisation) applied in place to float32 data.
+Pointwise = Callable[[np.ndarray], object]
 
 
 def resample_image(
@@ -172,13 +194,15 @@ def resample_image(
     order: int = 3,
     order_z: int = 0,
     anisotropy_threshold: float = ANISOTROPY_THRESHOLD,
+    pointwise: Pointwise | None = None,
+    threads: int | None = None,
 ) -> np.ndarray:
     """Resample one 3D channel the way nnU-Net's ``resample_data_or_seg_to_shape`` does.
 
     Parameters
     ----------
     data : np.ndarray
-        One channel, 3D, any float dtype.
+        One channel, 3D, any numeric dtype (not modified).
     new_shape : sequence of int
         Output voxel counts.
     spacing_mm, new_spacing_mm : sequence of float
@@ -187,6 +211,12 @@ def resample_image(
         In-plane spline order (3 for images, 1 for probabilities).
     order_z : {0}
         Order along a separately resampled axis (nnU-Net uses nearest neighbour).
+    pointwise : callable, optional
+        Voxel-wise transform applied (in place, float32) before resampling, such as CT
+        normalisation. With a separately resampled axis it runs only on the slices that the
+        nearest-neighbour step keeps, which gives the same result for less work.
+    threads : int, optional
+        Worker threads (default: all cores).
 
     Returns
     -------
@@ -197,28 +227,45 @@ def resample_image(
     if order not in (1, 3) or order_z != 0:
         raise ValueError("only order 1 or 3 with order_z 0 are implemented (nnU-Net's defaults)")
     new_shape = tuple(int(s) for s in new_shape)
-    if tuple(data.shape) == new_shape:
-        return data.astype(np.float32, copy=False)
-    data = data.astype(np.float32, copy=False)
+    threads = max(1, threads or os.cpu_count() or 1)
     axis = separate_axis(spacing_mm, new_spacing_mm, anisotropy_threshold)
-    if axis is None:
-        out = _resize(data, new_shape, order, range(3))
+    if tuple(data.shape) == new_shape or axis is None:
+        work = np.array(data, dtype=np.float32)  # a copy: the caller's array stays untouched
+        if pointwise is not None:
+            pointwise(work)
+        if tuple(data.shape) == new_shape:
+            return work
+        with ThreadPoolExecutor(threads) as pool:
+            out = _resize(work, new_shape, order, range(3), pool)
         if order > 1:
-            np.clip(out, data.min(), data.max(), out=out)
+            np.clip(out, work.min(), work.max(), out=out)
         return np.ascontiguousarray(out, dtype=np.float32)
     # Separate axis: nearest neighbour along it, so only the source slices actually picked
-    # need in-plane resampling.
+    # need converting and in-plane resampling; each slice is independent, so threads take
+    # runs of slices end to end.
     moved = np.moveaxis(data, axis, 0)
     picks = nearest_indices(moved.shape[0], new_shape[axis])
     unique, inverse = np.unique(picks, return_inverse=True)
-    slices = moved[unique]
     plane_shape = [new_shape[a] for a in range(3) if a != axis]
-    work = _resize(slices, (len(unique), *plane_shape), order, (1, 2))
-    if order > 1:
-        lo = slices.min(axis=(1, 2))[:, None, None]
-        hi = slices.max(axis=(1, 2))[:, None, None]
-        np.clip(work, lo, hi, out=work)
-    out = work[inverse]
+    planes = np.empty((len(unique), *plane_shape), dtype=np.float32)
+    per_run = max(1, int(np.ceil(len(unique) / (threads * 4))))
+
+    def work_on(start: int) -> None:
+        index = unique[start : start + per_run]
+        slices = np.array(moved[index], dtype=np.float32)
+        if pointwise is not None:
+            pointwise(slices)
+        resized = _resize(slices, (len(index), *plane_shape), order, (1, 2))
+        if order > 1:
+            lo = slices.min(axis=(1, 2))[:, None, None]
+            hi = slices.max(axis=(1, 2))[:, None, None]
+            np.clip(resized, lo, hi, out=resized)
+        planes[start : start + len(index)] = resized
+
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in pool.map(work_on, range(0, len(unique), per_run)):
+            pass
+    out = planes[inverse]
     return np.ascontiguousarray(np.moveaxis(out, 0, axis), dtype=np.float32)
 
 
@@ -290,7 +337,6 @@ def logits_to_labels(
         for axis, (n_in, n_out) in enumerate(zip(network_shape, output_shape, strict=True))
     ]
     (z0s, z1s, wzs), (y0, y1, wy), (x0, x1, wx) = taps
-    grid_y0, grid_x0 = np.ix_(y0, x0)
     width = int(network_shape[2])
     out = np.zeros(tuple(int(s) for s in output_shape), dtype=np.uint8)
     logits_at: dict[int, np.ndarray] = {}
@@ -312,10 +358,11 @@ def logits_to_labels(
                     pair = np.where(pair == argmax_at[i1], pair, np.uint8(_MIXED))
                 cells = _uniform_cells(pair)
                 cells_key = (i0, i1)
-            plane = cells[grid_y0, grid_x0]
-            ys, xs = np.nonzero(plane == _MIXED)
-            if ys.size:
-                plane[ys, xs] = _interpolate_argmax(
+            plane = cells.take(y0, axis=0).take(x0, axis=1)
+            mixed = np.flatnonzero(plane == _MIXED)
+            if mixed.size:
+                ys, xs = np.divmod(mixed, plane.shape[1])
+                plane.ravel()[mixed] = _interpolate_argmax(
                     logits_at[i0], logits_at[i1], wz, ys, xs, (y0, y1, wy), (x0, x1, wx), width
                 )
             out[j] = plane if identity else values[plane]
