@@ -27,6 +27,9 @@ from evaluator.labels import resolve_organs
 #: The bundle ``edgeseg predict`` uses when no ``--model`` is given.
 DEFAULT_BUNDLE = Path(__file__).resolve().parent / "models" / "flare_ct_plain"
 
+#: Presence-prior value meaning "not known" (HALOS convention: 1 present, 0 absent).
+PRESENCE_UNKNOWN = 0.5
+
 #: Logit given to classes outside an auto-crop box (background gets 0): far below any real
 #: logit, but finite so that interpolation weights of 0 stay 0.
 _OUTSIDE_LOGIT = -1.0e4
@@ -142,10 +145,14 @@ class Predictor:
 
     # -- presence ---------------------------------------------------------------------------
 
-    def _prior(self, present: dict[str, bool] | None = None) -> np.ndarray | None:
+    def _prior(
+        self, present: dict[str, bool] | None = None, fill: float = 1.0
+    ) -> np.ndarray | None:
+        """Presence vector for the network's prior input: 0 for organs known to be absent,
+        ``fill`` for the others (1 = present; 0.5 = unknown, HALOS's convention)."""
         if not self.bundle.presence_input:
             return None
-        prior = np.ones((1, len(self.bundle.presence_input)), dtype=np.float32)
+        prior = np.full((1, len(self.bundle.presence_input)), fill, dtype=np.float32)
         for i, name in enumerate(self.bundle.presence_input):
             if name in self.absent or (present is not None and not present.get(name, True)):
                 prior[0, i] = 0.0
@@ -198,8 +205,10 @@ class Predictor:
         t = time.perf_counter()
         if self.crop.mode == "auto" or want_auto:
             coarse_seen: dict[str, float] = {}
+            # With --presence auto nothing is known yet about the organs not declared absent.
+            prior = self._prior(fill=PRESENCE_UNKNOWN if want_auto else 1.0)
             found = coarse_foreground(
-                image, bundle.patch_size, self._runner(self._prior(), coarse_seen, clock)
+                image, bundle.patch_size, self._runner(prior, coarse_seen, clock)
             )
             if self.crop.mode == "auto":
                 box = organ_box(found, geometry.target_spacing_mm, bundle.patch_size)

@@ -19,7 +19,15 @@ _HINTS = {"fp32": "f32", "bf16": "bf16"}
 class OpenVinoSession:
     """A compiled OpenVINO model with one infer request, reused for every patch."""
 
-    def __init__(self, bundle: Bundle, choice: ModelChoice, threads: int | None) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        choice: ModelChoice,
+        threads: int | None,
+        precision_hint: str | None = None,
+    ) -> None:
+        """``precision_hint``: override of INFERENCE_PRECISION_HINT (``"default"`` sets none,
+        as a plain OpenVINO user would; benchmarks use it to show what that costs)."""
         import openvino as ov
 
         self.choice = choice
@@ -28,8 +36,9 @@ class OpenVinoSession:
         config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
-        if choice.precision in _HINTS:
-            config["INFERENCE_PRECISION_HINT"] = _HINTS[choice.precision]
+        hint = precision_hint or _HINTS.get(choice.precision)
+        if hint and hint != "default":
+            config["INFERENCE_PRECISION_HINT"] = hint
         try:
             model = core.read_model(str(choice.path))
             self.compiled = core.compile_model(model, "CPU", config)

@@ -1,0 +1,271 @@
+"""End-to-end speed and memory of ``edgeseg predict`` on a FLARE-size phantom CT.
+
+A 512x512x300 synthetic CT (0.8 x 0.8 x 2.5 mm) is segmented in a fresh process per run, timed
+from process start until the label map is written, memory sampled every 0.1 s over the whole
+process tree (edge_seg.profiling, FLARE's method). Rows: the INT8 model, the fp32 model with
+OpenVINO's f32 precision hint, with the bf16 hint, and with no hint at all (what a plain
+OpenVINO user gets: bf16 on CPUs with AMX), ONNX Runtime fp32/int8, the ``edgeseg predict`` CLI
+itself, and the I/O floor (read + write alone). Processes are pinned to 2 cores where the
+machine has more. Dice against the phantom's truth shows that every row segments the same.
+
+Usage::
+
+    python benchmarks/bench_predict.py [--model edge_seg/models/flare_ct_plain] [--runs 3]
+        [--out benchmarks/results/predict.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from edge_seg.profiling import run_monitored  # noqa: E402
+from evaluator.atomic import write_text_atomic  # noqa: E402
+
+DEFAULT_MODEL = ROOT / "edge_seg" / "models" / "flare_ct_plain"
+PHANTOM_SEED = 5000
+CORES = 2
+
+#: (row name, backend, precision, OpenVINO hint override)
+CONFIGS = [
+    ("openvino int8", "openvino", "int8", None),
+    ("openvino fp32 (f32 hint)", "openvino", "fp32", None),
+    ("openvino bf16 (bf16 hint)", "openvino", "bf16", None),
+    ("openvino fp32 (no hint)", "openvino", "fp32", "default"),
+    ("onnxruntime int8", "onnxruntime", "int8", None),
+    ("onnxruntime fp32", "onnxruntime", "fp32", None),
+]
+
+
+def pinned(argv: list[str], cores: int = CORES) -> list[str]:
+    """Prefix ``argv`` with taskset to ``cores`` CPUs where the machine has more."""
+    if (os.cpu_count() or 1) > cores and shutil.which("taskset"):
+        return ["taskset", "-c", ",".join(str(i) for i in range(cores)), *argv]
+    return argv
+
+
+def write_phantom_ct(
+    folder: Path,
+    seed: int,
+    n_slices: int = 300,
+    matrix: int = 512,
+    spacing_mm: tuple[float, float, float] = (2.5, 0.8, 0.8),
+    **kwargs,
+) -> Path:
+    """Write ``ct.nii.gz`` and ``truth.nii.gz`` of one phantom into ``folder`` (once)."""
+    from edge_seg.io import Volume, write_label_map
+    from edge_seg.synth import generate_phantom
+
+    scan = folder / "ct.nii.gz"
+    if scan.is_file() and (folder / "truth.nii.gz").is_file():
+        return scan
+    folder.mkdir(parents=True, exist_ok=True)
+    phantom = generate_phantom(
+        seed, "ct", n_slices=n_slices, spacing_mm=spacing_mm, shape_yx=(matrix, matrix), **kwargs
+    )
+    volume = Volume(
+        phantom.image, tuple(phantom.spacing_mm), tuple(phantom.origin), tuple(phantom.direction)
+    )
+    import SimpleITK as sitk
+
+    from evaluator.atomic import atomic_path
+
+    with atomic_path(scan) as tmp:
+        sitk.WriteImage(volume.to_sitk(), str(tmp), useCompression=True)
+    write_label_map(phantom.labels, volume, folder / "truth.nii.gz")
+    return scan
+
+
+def dice_per_organ(pred: np.ndarray, truth: np.ndarray, values: list[int]) -> dict[int, float]:
+    out = {}
+    for value in values:
+        a, b = pred == value, truth == value
+        total = int(a.sum()) + int(b.sum())
+        out[value] = 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+    return out
+
+
+def mean_dice(pred_path: Path, truth_path: Path) -> float:
+    import SimpleITK as sitk
+
+    pred = sitk.GetArrayFromImage(sitk.ReadImage(str(pred_path)))
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(truth_path)))
+    values = [int(v) for v in np.union1d(np.unique(truth), np.unique(pred)) if v != 0]
+    return float(np.mean(list(dice_per_organ(pred, truth, values).values())))
+
+
+def run_once(args: argparse.Namespace) -> None:
+    """Child process: read -> predict -> write, print stage timings as JSON."""
+    start = time.perf_counter()
+    from edge_seg.io import read_volume, write_label_map
+
+    volume = read_volume(args.scan)
+    t_read = time.perf_counter() - start
+    if args.io_only:
+        labels = np.zeros(volume.shape, np.uint8)
+        write_label_map(labels, volume, args.output)
+        print(json.dumps({"read": t_read, "total": time.perf_counter() - start}))
+        return
+    from edge_seg.predict import PredictOptions, Predictor
+
+    options = PredictOptions(
+        backend=args.backend, precision=args.precision, threads=args.threads, crop=args.crop
+    )
+    predictor = Predictor(args.model, options)
+    if args.hint:
+        from edge_seg.backends.openvino import OpenVinoSession
+
+        predictor.session = OpenVinoSession(
+            predictor.bundle, predictor.session.choice, args.threads, precision_hint=args.hint
+        )
+    t_load = time.perf_counter() - start - t_read
+    prediction = predictor.predict(volume)
+    t = time.perf_counter()
+    write_label_map(prediction.labels, volume, args.output)
+    timings = dict(
+        prediction.timings,
+        read=t_read,
+        load_model=t_load,
+        write=time.perf_counter() - t,
+        total=time.perf_counter() - start,
+    )
+    print(json.dumps(timings))
+
+
+def measure(argv: list[str], runs: int) -> tuple[list[float], list[float], list[dict]]:
+    times, peaks, stages = [], [], []
+    for _ in range(runs):
+        result = run_monitored(pinned(argv), time_limit_s=1800)
+        if not result.ok:
+            raise SystemExit(f"{' '.join(argv)} failed: {result.stderr_tail}")
+        times.append(result.time_s)
+        peaks.append(result.peak_rss_mb)
+        try:
+            stages.append(json.loads(result.stdout_tail.strip().splitlines()[-1]))
+        except (ValueError, IndexError):
+            stages.append({})
+    return times, peaks, stages
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/edgeseg_bench_predict"))
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "predict.md")
+    parser.add_argument("--configs", default="", help="comma-separated row names (default all)")
+    # child-process mode
+    parser.add_argument("--once", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--io-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--scan", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--backend", default="openvino", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="int8", help=argparse.SUPPRESS)
+    parser.add_argument("--hint", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--crop", default="auto", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=CORES, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.once:
+        run_once(args)
+        return
+
+    scan = write_phantom_ct(args.work / "case", PHANTOM_SEED)
+    truth = args.work / "case" / "truth.nii.gz"
+    me = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--once",
+        "--scan",
+        str(scan),
+        "--model",
+        str(args.model),
+    ]
+    rows = []
+    wanted = {c.strip() for c in args.configs.split(",") if c.strip()}
+
+    out = args.work / "io.nii.gz"
+    times, peaks, stages = measure([*me, "--io-only", "--output", str(out)], args.runs)
+    rows.append(("I/O floor (read + write only)", times, peaks, stages, None))
+    for name, backend, precision, hint in CONFIGS:
+        if wanted and name not in wanted:
+            continue
+        out = args.work / f"{name.replace(' ', '_').replace('(', '').replace(')', '')}.nii.gz"
+        argv = [*me, "--backend", backend, "--precision", precision, "--output", str(out)]
+        if hint:
+            argv += ["--hint", hint]
+        times, peaks, stages = measure(argv, args.runs)
+        rows.append((name, times, peaks, stages, mean_dice(out, truth)))
+        print(f"{name}: median {statistics.median(times):.2f} s", flush=True)
+    cli_out = args.work / "cli_seg.nii.gz"
+    cli = [
+        sys.executable,
+        "-m",
+        "edge_seg",
+        "predict",
+        str(scan),
+        "-o",
+        str(cli_out),
+        "--model",
+        str(args.model),
+        "--precision",
+        "int8",
+        "--threads",
+        str(CORES),
+        "-q",
+    ]
+    times, peaks, _ = measure(cli, args.runs)
+    rows.append(("`edgeseg predict` CLI, int8", times, peaks, [], mean_dice(cli_out, truth)))
+
+    lines = [
+        "# `edgeseg predict`: end to end on a 512x512x300 phantom CT",
+        "",
+        f"Command: `python benchmarks/bench_predict.py --model {_rel(args.model)} "
+        f"--runs {args.runs}`",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs; "
+        f"every run pinned to {CORES} cores (fresh process, read to written file, "
+        f"{CORES} inference threads). Phantom: `generate_phantom({PHANTOM_SEED})`, "
+        "512x512x300 voxels, 0.8x0.8x2.5 mm. Default options (`--crop auto`, LCC on).",
+        "",
+        "| configuration | median s | min s | max s | peak RSS MB | preprocess s | localise s "
+        "| network s | window+argmax s | postprocess s | mean Dice vs truth |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, times, peaks, stages, dice in rows:
+
+        def stage(key: str, stages=stages) -> str:
+            values = [s[key] for s in stages if key in s]
+            return f"{statistics.median(values):.2f}" if values else "-"
+
+        lines.append(
+            f"| {name} | {statistics.median(times):.2f} | {min(times):.2f} | {max(times):.2f} "
+            f"| {max(peaks):.0f} | {stage('preprocess')} | {stage('localise')} "
+            f"| {stage('network')} | {stage('sliding_window')} | {stage('postprocess')} "
+            f"| {'-' if dice is None else f'{dice:.3f}'} |"
+        )
+    lines += ["", "Targets (issue 5): int8 median <= 5 s, peak RSS <= 1500 MB.", ""]
+    write_text_atomic(args.out, "\n".join(lines))
+    print("\n".join(lines))
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+if __name__ == "__main__":
+    main()
