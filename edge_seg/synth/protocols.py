@@ -40,7 +40,7 @@ PROTOCOLS: dict[str, Protocol] = {
         "chaos_mr", "mr", (256, 256), (1.36, 1.89), (5.5, 9.0), (26, 50), (200.0, 350.0)
     ),
     "ukb_dixon": Protocol(
-        "ukb_dixon", "mr", (174, 224), (2.232, 2.232), (3.0, 3.0), (64, 128), (190.0, 380.0)
+        "ukb_dixon", "mr", (174, 224), (2.232, 2.232), (3.0, 3.0), (96, 134), (290.0, 400.0)
     ),
 }
 DEFAULT_PROTOCOL = {"ct": "flare_ct", "mr": "chaos_mr"}
