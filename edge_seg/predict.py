@@ -19,7 +19,7 @@ from edge_seg.crop import coarse_foreground, embed_slabs, middle_slices, organ_b
 from edge_seg.errors import EdgesegError
 from edge_seg.io import Volume, available_memory_bytes
 from edge_seg.postprocess import keep_largest_component, organ_volumes_ml
-from edge_seg.preprocess import preprocess
+from edge_seg.preprocess import preprocess, resampling_settings
 from edge_seg.resample import logits_to_labels
 from edge_seg.window import padding_for, sliding_window
 from evaluator.labels import resolve_organs
@@ -252,7 +252,7 @@ class Predictor:
             geometry.target_spacing_mm,
             geometry.spacing_mm,
             keep,
-            float(bundle.resampling.get("anisotropy_threshold", 3.0)),
+            *resampling_settings(bundle),
         )
         labels_part = geometry.to_scan(cropped)
         timings["sliding_window"] = time.perf_counter() - t

@@ -119,6 +119,25 @@ def normalize(image: np.ndarray, scheme: dict[str, Any], where: str = "bundle") 
     return image
 
 
+def resampling_settings(bundle: Bundle) -> tuple[float, bool | None]:
+    """Anisotropy threshold and ``force_separate_z`` from the bundle's ``resampling`` entry.
+
+    Only nnU-Net's default image resampling (cubic in-plane, nearest out-of-plane) is
+    implemented; a bundle asking for other spline orders is refused rather than approximated.
+    """
+    settings = bundle.resampling or {}
+    order, order_z = settings.get("order", 3), settings.get("order_z", 0)
+    if order != 3 or order_z != 0:
+        raise EdgesegError(
+            f"{bundle.root}: image resampling order {order}/{order_z} is not supported "
+            "(edgeseg implements nnU-Net's default, order 3 with order_z 0)"
+        )
+    force = settings.get("force_separate_z")
+    return float(settings.get("anisotropy_threshold", 3.0)), (
+        None if force is None else bool(force)
+    )
+
+
 def preprocess(
     volume: Volume | Sequence[Volume], bundle: Bundle, threads: int | None = None
 ) -> tuple[np.ndarray, Geometry]:
@@ -163,7 +182,7 @@ def preprocess(
     crop = tuple(slice(lo, hi) for lo, hi in bbox)
     cropped_shape = tuple(hi - lo for lo, hi in bbox)
     new_shape = compute_new_shape(cropped_shape, spacing, target)
-    threshold = float(bundle.resampling.get("anisotropy_threshold", 3.0))
+    threshold, force_separate = resampling_settings(bundle)
     out = np.empty((len(arrays), *new_shape), dtype=np.float32)
     for c, array in enumerate(arrays):
         scheme = bundle.normalization[c]
@@ -177,7 +196,16 @@ def preprocess(
             # Needs whole-image statistics: normalise first, as nnU-Net does.
             cropped = normalize(np.array(cropped, dtype=np.float32), scheme, str(bundle.root))
         out[c] = resample_image(
-            cropped, new_shape, spacing, target, 3, 0, threshold, pointwise, threads
+            cropped,
+            new_shape,
+            spacing,
+            target,
+            3,
+            0,
+            threshold,
+            pointwise,
+            threads,
+            force_separate,
         )
         del cropped
     geometry = Geometry(

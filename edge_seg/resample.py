@@ -52,11 +52,18 @@ def separate_axis(
     spacing_mm: Sequence[float],
     new_spacing_mm: Sequence[float],
     threshold: float = ANISOTROPY_THRESHOLD,
+    force: bool | None = None,
 ) -> int | None:
     """The axis nnU-Net resamples separately (order 0), or None.
 
-    The current spacing decides first; if it is not anisotropic, the new spacing does.
+    ``force`` is the plans' ``force_separate_z``: None decides from the spacings (the current
+    spacing first; if it is not anisotropic, the new one), False never separates, True
+    separates the current spacing's coarsest axis.
     """
+    if force is False:
+        return None
+    if force is True:
+        return _lowres_axis(spacing_mm)
     for spacing in (spacing_mm, new_spacing_mm):
         if max(spacing) / min(spacing) > threshold:
             return _lowres_axis(spacing)
@@ -196,6 +203,7 @@ def resample_image(
     anisotropy_threshold: float = ANISOTROPY_THRESHOLD,
     pointwise: Pointwise | None = None,
     threads: int | None = None,
+    force_separate: bool | None = None,
 ) -> np.ndarray:
     """Resample one 3D channel the way nnU-Net's ``resample_data_or_seg_to_shape`` does.
 
@@ -217,6 +225,8 @@ def resample_image(
         nearest-neighbour step keeps, which gives the same result for less work.
     threads : int, optional
         Worker threads (default: all cores).
+    force_separate : bool or None
+        The plans' ``force_separate_z`` (see :func:`separate_axis`).
 
     Returns
     -------
@@ -228,7 +238,7 @@ def resample_image(
         raise ValueError("only order 1 or 3 with order_z 0 are implemented (nnU-Net's defaults)")
     new_shape = tuple(int(s) for s in new_shape)
     threads = max(1, threads or os.cpu_count() or 1)
-    axis = separate_axis(spacing_mm, new_spacing_mm, anisotropy_threshold)
+    axis = separate_axis(spacing_mm, new_spacing_mm, anisotropy_threshold, force_separate)
     if tuple(data.shape) == new_shape or axis is None:
         work = np.array(data, dtype=np.float32)  # a copy: the caller's array stays untouched
         if pointwise is not None:
@@ -306,6 +316,7 @@ def logits_to_labels(
     output_spacing_mm: Sequence[float],
     class_values: Sequence[int] | np.ndarray,
     anisotropy_threshold: float = ANISOTROPY_THRESHOLD,
+    force_separate: bool | None = None,
 ) -> np.ndarray:
     """Resample streamed logits to ``output_shape`` and take the argmax, slice by slice.
 
@@ -331,7 +342,9 @@ def logits_to_labels(
     """
     values = np.asarray(class_values, dtype=np.uint8)
     identity = np.array_equal(values, np.arange(len(values)))
-    separate = separate_axis(network_spacing_mm, output_spacing_mm, anisotropy_threshold)
+    separate = separate_axis(
+        network_spacing_mm, output_spacing_mm, anisotropy_threshold, force_separate
+    )
     taps = [
         _axis_taps(int(n_in), int(n_out), separate == axis)
         for axis, (n_in, n_out) in enumerate(zip(network_shape, output_shape, strict=True))
