@@ -71,9 +71,13 @@ def quantize_openvino(
     ``keep_fp`` > 0 leaves that many convolutions at each end of the network in floating point
     (NNCF ignored scope). Returns a description of what was done.
     """
+    import logging
+
     import nncf
     import openvino as ov
 
+    # NNCF logs every ignored node at INFO level; the report records them instead.
+    nncf.set_log_level(logging.WARNING)
     names = onnx_input_names(onnx_path)
     model = ov.convert_model(str(onnx_path))
     ignored = sensitive_layers(_ov_conv_names(model), keep_fp) if keep_fp else []
