@@ -137,7 +137,7 @@ def _manifest_row(case_id: str, p: Phantom) -> list[object]:
         p.modality,
         p.params.protocol,
         *p.labels.shape,
-        *(f"{v:.4f}" for v in p.spacing_mm),
+        *(repr(float(v)) for v in p.spacing_mm),
         ";".join(p.resected),
         ";".join(p.organs_in_view),
     ]
