@@ -165,7 +165,7 @@ def main() -> None:
         "",
         f"{args.cases} phantom CTs (seeds {SEED}..{SEED + args.cases - 1}, {args.matrix}x"
         f"{args.matrix} in-plane, protocol slice count). Whole folder per fresh process, pinned "
-        "to 2 cores; nnU-Net: `nnUNetv2_predict -d 900 -c 3d_fullres -f 0 -device cpu "
+        f"to 2 cores; nnU-Net: `nnUNetv2_predict -d {args.dataset} -c 3d_fullres -f 0 -device cpu "
         "--disable_tta`. `default` = edgeseg's defaults (`--crop auto`, LCC); `exact` = "
         "`--crop none --no-lcc`. Agreement = per-case mean over organs of Dice(edgeseg, nnU-Net).",
         "",
