@@ -23,6 +23,8 @@ from edge_seg.errors import EdgesegError
 OPENVINO = "openvino"
 ONNXRUNTIME = "onnxruntime"
 BACKENDS = (OPENVINO, ONNXRUNTIME)
+#: ``keep_fp`` value asking for NNCF's accuracy-aware quantisation instead of a fixed scope.
+ACCURACY_AWARE = -1
 
 
 def _feeds(samples: Sequence[Sequence[np.ndarray]], names: Sequence[str]) -> list[dict[str, Any]]:
@@ -100,6 +102,71 @@ def quantize_openvino(
         "preset": "mixed",
         "calibration_samples": len(samples),
         "fp_layers": ignored,
+    }
+
+
+def _patch_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Mean Dice over the classes either label patch contains (1.0 if only background)."""
+    classes = [c for c in np.union1d(np.unique(reference), np.unique(candidate)) if c != 0]
+    if not classes:
+        return 1.0
+    scores = []
+    for c in classes:
+        a, b = reference == c, candidate == c
+        scores.append(2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum()))
+    return float(np.mean(scores))
+
+
+def quantize_openvino_accuracy_aware(
+    onnx_path: str | Path,
+    samples: Sequence[Sequence[np.ndarray]],
+    xml_path: str | Path,
+    max_drop: float = 0.01,
+) -> dict[str, Any]:
+    """NNCF accuracy-aware INT8: layers that cost agreement are reverted to floating point.
+
+    The metric NNCF watches is the patch-level label agreement with the fp32 model (mean Dice
+    over the organs in the patch) on the calibration patches; NNCF ranks the quantised layers
+    by their effect on it and reverts the worst until the drop is at most ``max_drop``.
+    """
+    import logging
+
+    import nncf
+    import openvino as ov
+
+    nncf.set_log_level(logging.WARNING)
+    names = onnx_input_names(onnx_path)
+    model = ov.convert_model(str(onnx_path))
+    feeds = _feeds(samples, names)
+    reference = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    reference_labels = [np.asarray(reference(feed)[0]).argmax(1) for feed in feeds]
+
+    def agreement(compiled: Any, items: Any) -> tuple[float, list[float]]:
+        scores = [
+            _patch_agreement(reference_labels[index], np.asarray(compiled(feed)[0]).argmax(1))
+            for index, feed in items
+        ]
+        return float(np.mean(scores)), scores
+
+    quantized = nncf.quantize_with_accuracy_control(
+        model,
+        nncf.Dataset(feeds),
+        nncf.Dataset(list(enumerate(feeds))),
+        agreement,
+        max_drop=max_drop,
+        drop_type=nncf.DropType.ABSOLUTE,
+        preset=nncf.QuantizationPreset.MIXED,
+        subset_size=len(samples),
+    )
+    ov.save_model(quantized, str(xml_path), compress_to_fp16=False)
+    n_fake = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ordered_ops())
+    return {
+        "tool": f"nncf {nncf.__version__} quantize_with_accuracy_control",
+        "preset": "mixed",
+        "calibration_samples": len(samples),
+        "metric": "patch label agreement with fp32 (mean Dice), max absolute drop "
+                  f"{max_drop}",
+        "fake_quantize_nodes": n_fake,
     }
 
 
@@ -186,10 +253,17 @@ def quantize_variant(
     out_dir: str | Path,
     keep_fp: int = 0,
 ) -> tuple[str, dict[str, Any]]:
-    """Quantise for ``backend`` into ``out_dir``; return (file name, description)."""
+    """Quantise for ``backend`` into ``out_dir``; return (file name, description).
+
+    ``keep_fp``: 0 plain INT8; n > 0 keeps the first and last n convolutions in floating point;
+    :data:`ACCURACY_AWARE` (OpenVINO only) lets NNCF choose the layers to keep.
+    """
     suffix = "_mixed" if keep_fp else ""
     out_dir = Path(out_dir)
-    if backend == OPENVINO:
+    if backend == OPENVINO and keep_fp == ACCURACY_AWARE:
+        name = "model_int8_openvino_accuracy_aware.xml"
+        info = quantize_openvino_accuracy_aware(onnx_path, samples, out_dir / name)
+    elif backend == OPENVINO:
         name = f"model_int8_openvino{suffix}.xml"
         info = quantize_openvino(onnx_path, samples, out_dir / name, keep_fp)
     elif backend == ONNXRUNTIME:
