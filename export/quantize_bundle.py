@@ -5,9 +5,9 @@ preprocessed); quantise for each backend; predict the held-out images with fp32 
 INT8 candidate through the runtime; keep a variant only if its label agreement meets the bar,
 and when it does not, try the mixed-precision fallbacks - first/last convolution in floating
 point, then (OpenVINO) NNCF's accuracy-aware quantisation, which reverts the layers that cost
-agreement - and report every attempt. Work happens in a hidden temporary folder inside the bundle; validated
-files are renamed into place and ``edgeseg.json`` is rewritten last, atomically, so an
-interrupted run leaves the bundle as it was.
+agreement - and report every attempt. Work happens in a hidden temporary folder inside the
+bundle; validated files are renamed into place and ``edgeseg.json`` is rewritten last,
+atomically, so an interrupted run leaves the bundle as it was.
 """
 
 from __future__ import annotations
