@@ -236,3 +236,20 @@ def test_without_images_the_check_runs_on_a_preprocessed_phantom(workspace, tmp_
     check = bundle.provenance["onnx_check"]
     assert check["patch_source"].startswith("phantom")
     assert check["max_abs_diff"]["logits"] <= 1e-3
+
+
+def test_checkpoint_option_picks_another_file(workspace, capsys, tmp_path) -> None:
+    results = tmp_path / "results"
+    shutil.copytree(workspace["results"], results)
+    # fold_0/checkpoint_best.pth holds fold 1's weights: the export must follow --checkpoint.
+    shutil.copy(results / "fold_1" / "checkpoint_final.pth",
+                results / "fold_0" / "checkpoint_best.pth")
+    out = tmp_path / "bundle"
+    code, _, err = run_cli(["export", "nnunet", str(results), "-o", str(out), "--checkpoint",
+                            "checkpoint_best.pth", "--images", str(workspace["images"])], capsys)
+    assert code == 0, err
+    image = np.random.default_rng(4).normal(size=(1, 1, *TINY_PATCH)).astype(np.float32)
+    with torch.no_grad():
+        expected = fold_network(workspace["results"], 1)(torch.from_numpy(image)).numpy()
+    assert np.abs(onnx_logits(out, image) - expected).max() <= 1e-3
+    assert load_bundle(out).provenance["checkpoints"][0]["path"].endswith("checkpoint_best.pth")
