@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_seg.errors import EdgesegError, MissingExtraError
+from edge_seg.errors import EdgesegError
 from export.safe_checkpoint import load_checkpoint, sha256_of
 
 PLANS_NAME = "plans.json"
@@ -207,7 +207,12 @@ def build_network(results: NnunetResults) -> Any:
     try:
         import dynamic_network_architectures  # noqa: F401  (where nnU-Net's classes live)
     except ImportError as exc:
-        raise MissingExtraError("nnunet", "dynamic_network_architectures") from exc
+        # Installed without its dependencies: its pinned timm would pull a CUDA build of torch.
+        raise EdgesegError(
+            "export nnunet needs nnU-Net's architecture package (dynamic_network_architectures "
+            "is not installed); install it with: pip install --no-deps "
+            "dynamic-network-architectures && pip install einops"
+        ) from exc
     class_name = arch["network_class_name"]
     network_class = pydoc.locate(class_name)
     if network_class is None:
