@@ -52,16 +52,20 @@ class Run:
 
 def predict_all(bundle_dir: Path, backend: str, precision: str,
                 volumes: Sequence[Volume], threads: int | None = None) -> Run:
-    """Full-image label maps from the runtime's predictor (one untimed warm-up call first).
+    """Full-image label maps from the runtime's predictor (one untimed warm-up patch first).
 
     No test-time cropping: the whole image goes through the sliding window, so the comparison
     covers every voxel the network could label.
     """
     from edge_seg.predict import PredictOptions, Predictor
+    from export.calibration import presence_prior
 
     options = PredictOptions(backend=backend, precision=precision, crop="none", threads=threads)
     predictor = Predictor(bundle_dir, options)
-    predictor.predict(volumes[0])  # compile / first-call allocation is not part of the latency
+    # One patch first: compilation and first-call allocations are not part of the latency.
+    bundle = predictor.bundle
+    patch = np.zeros((1, len(bundle.channels), *bundle.patch_size), dtype=np.float32)
+    predictor.session.run(patch, presence_prior(bundle))
     run = Run(labels=[], seconds=[], network_seconds=[])
     for volume in volumes:
         start = time.perf_counter()
