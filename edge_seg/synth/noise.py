@@ -23,32 +23,54 @@ def noise_pool(rng: np.random.Generator, shape_yx: tuple[int, int]) -> np.ndarra
     return grainy
 
 
-def add_noise(image: np.ndarray, sd: np.ndarray, rng: np.random.Generator) -> None:
-    """Add pooled noise with per-channel SD ``sd`` to ``image`` (C, Z, Y, X) in place."""
-    n_channels, nz, ny, nx = image.shape
-    pool = noise_pool(rng, (ny, nx))
-    picks = rng.integers(0, POOL_SLICES, size=(n_channels, nz))
-    offsets = rng.integers(0, POOL_MARGIN + 1, size=(n_channels, nz, 2))
-    flips = rng.integers(0, 2, size=(n_channels, nz))
-    for c in range(n_channels):
-        s = np.float32(sd[c])
-        for k in range(nz):
-            oy, ox = offsets[c, k]
-            plane = pool[picks[c, k], oy : oy + ny, ox : ox + nx]
-            if flips[c, k]:
-                plane = plane[::-1]
-            image[c, k] += plane * s
+class NoisePlan:
+    """Pooled scanner noise for a (C, Z, Y, X) volume, drawn up front and added chunk by chunk.
+
+    Every random draw happens in the constructor, so the result does not depend on how the
+    volume is split into chunks.
+    """
+
+    def __init__(
+        self, rng: np.random.Generator, sd: np.ndarray, shape_czyx: tuple[int, ...]
+    ) -> None:
+        n_channels, nz, ny, nx = shape_czyx
+        self.sd = np.asarray(sd, np.float32)
+        self.shape_yx = (ny, nx)
+        self.pool = noise_pool(rng, (ny, nx))
+        self.picks = rng.integers(0, POOL_SLICES, size=(n_channels, nz))
+        self.offsets = rng.integers(0, POOL_MARGIN + 1, size=(n_channels, nz, 2))
+        self.flips = rng.integers(0, 2, size=(n_channels, nz))
+
+    def add(self, chunk: np.ndarray, k0: int) -> None:
+        """Add the noise of slices ``k0 ..`` to ``chunk`` (C, slices, Y, X) in place."""
+        ny, nx = self.shape_yx
+        scratch = np.empty((ny, nx), np.float32)
+        for c in range(chunk.shape[0]):
+            for j in range(chunk.shape[1]):
+                k = k0 + j
+                oy, ox = self.offsets[c, k]
+                plane = self.pool[self.picks[c, k], oy : oy + ny, ox : ox + nx]
+                if self.flips[c, k]:
+                    plane = plane[::-1]
+                np.multiply(plane, self.sd[c], out=scratch)
+                chunk[c, j] += scratch
 
 
-def apply_bias_field(image: np.ndarray, rng: np.random.Generator, strength: float = 0.15) -> None:
-    """Multiply (C, Z, Y, X) MR channels by one smooth coil-sensitivity field in place."""
-    _, nz, ny, nx = image.shape
-    factors = []
-    for n in (nz, ny, nx):
-        t = np.linspace(0.0, 1.0, n, dtype=np.float32)
-        f = 1.0 + strength * rng.uniform(0.3, 1.0) * np.sin(
-            np.pi * t * rng.uniform(0.5, 1.2) + rng.uniform(0, np.pi)
-        )
-        factors.append(f.astype(np.float32))
-    field = factors[0][:, None, None] * factors[1][None, :, None] * factors[2][None, None, :]
-    image *= field[None]
+class BiasField:
+    """A smooth multiplicative coil-sensitivity field, separable in z, y and x."""
+
+    def __init__(
+        self, rng: np.random.Generator, shape_zyx: tuple[int, int, int], strength: float = 0.15
+    ) -> None:
+        self.factors = []
+        for n in shape_zyx:
+            t = np.linspace(0.0, 1.0, n, dtype=np.float32)
+            amplitude = strength * rng.uniform(0.3, 1.0)
+            f = 1.0 + amplitude * np.sin(np.pi * t * rng.uniform(0.5, 1.2) + rng.uniform(0, np.pi))
+            self.factors.append(f.astype(np.float32))
+
+    def apply(self, chunk: np.ndarray, k0: int) -> None:
+        """Multiply ``chunk`` (C, slices, Y, X), starting at slice ``k0``, in place."""
+        fz, fy, fx = self.factors
+        plane = fy[:, None] * fx[None, :]
+        chunk *= (fz[k0 : k0 + chunk.shape[1], None, None] * plane[None])[None]

@@ -16,8 +16,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge_seg.synth.anatomy import RESECTABLE_ORGANS, sample_anatomy
-from edge_seg.synth.intensity import mr_outputs, sample_intensities
-from edge_seg.synth.noise import add_noise, apply_bias_field
+from edge_seg.synth.intensity import (
+    OUTPUT_CHANNELS,
+    RENDER_CHANNELS,
+    mr_outputs,
+    sample_intensities,
+)
+from edge_seg.synth.noise import BiasField, NoisePlan
 from edge_seg.synth.protocols import PROTOCOLS, CaseParams, sample_case_params
 from edge_seg.synth.render import Grid, Rasteriser
 from evaluator.labels import FLARE_LABELS, canonical_organ_name
@@ -167,20 +172,32 @@ def generate_phantom(
         z_center_mm - extent / 2.0,
     )
     grid = Grid((nz, ny, nx), (sz, sy, sx), first)
-    image, labels = Rasteriser(anatomy, tissues, grid).render()
-    if noise:
-        if modality == "mr":
-            apply_bias_field(image, rng["noise"])
-        add_noise(image, tissues.noise_sd, rng["noise"])
-
+    n_channels = len(RENDER_CHANNELS[modality])
+    bias = BiasField(rng["noise"], (nz, ny, nx)) if noise and modality == "mr" else None
+    plan = NoisePlan(rng["noise"], tissues.noise_sd, (n_channels, nz, ny, nx)) if noise else None
     if modality == "ct":
-        ct = np.clip(np.rint(image[0]), -1024, 3071).astype(np.int16)
-        channels = {"ct": ct}
-        primary = ct
+        channels = {"ct": np.empty((nz, ny, nx), np.int16)}
     else:
-        np.maximum(image, 0.0, out=image)
-        channels = mr_outputs(image[0], image[1], image[2])
-        primary = channels["t1_in_phase"]
+        channels = {key: np.empty((nz, ny, nx), np.float32) for key in OUTPUT_CHANNELS["mr"]}
+
+    def finish(k0: int, chunk: np.ndarray) -> None:
+        k1 = k0 + chunk.shape[1]
+        if bias is not None:
+            bias.apply(chunk, k0)
+        if plan is not None:
+            plan.add(chunk, k0)
+        if modality == "ct":
+            np.rint(chunk[0], out=chunk[0])
+            np.clip(chunk[0], np.float32(-1024), np.float32(3071), out=chunk[0])
+            channels["ct"][k0:k1] = chunk[0]
+        else:
+            np.maximum(chunk, np.float32(0), out=chunk)
+            outputs = mr_outputs(chunk[0], chunk[1], chunk[2])
+            for key, value in outputs.items():
+                channels[key][k0:k1] = value
+
+    labels = Rasteriser(anatomy, tissues, grid).render(finish)
+    primary = channels["ct"] if modality == "ct" else channels["t1_in_phase"]
     origin = tuple(float(v + t) for v, t in zip(first, params.table_mm, strict=True))
     present = tuple(name for name in FLARE_LABELS if name not in params.resected)
     return Phantom(
