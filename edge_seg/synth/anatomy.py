@@ -114,6 +114,7 @@ class Anatomy:
     bowel_frequency: np.ndarray  # (3, 3) rad/mm for the bowel-loop texture
     bowel_phase: np.ndarray  # (3, 3)
     rib_phase_mm: float
+    bowel_share: float = 0.25  # threshold offset: more bowel loops, less mesenteric fat
 
     @property
     def organ_z_range_mm(self) -> tuple[float, float]:
@@ -551,12 +552,13 @@ def sample_anatomy(rng: np.random.Generator, resected: tuple[str, ...] = ()) -> 
         )
     )
 
-    freq = 2 * np.pi / rng.uniform(22.0, 45.0, size=(3, 3))
+    freq = 2 * np.pi / rng.uniform(20.0, 50.0, size=(3, 3))
     return Anatomy(
         body=body,
         diaphragm=dome,
         structures=st,
-        bowel_warp=warp(10.0),
+        bowel_warp=warp(16.0, 0.5),
+        bowel_share=float(rng.uniform(0.05, 0.45)),
         bowel_frequency=freq,
         bowel_phase=rng.uniform(0, 2 * np.pi, size=(3, 3)),
         rib_phase_mm=float(rng.uniform(0, 36)),

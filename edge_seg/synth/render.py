@@ -198,7 +198,7 @@ class Rasteriser:
         for k, plane in enumerate(self._bowel_planes):
             wz = np.sin(z * np.float32(a.bowel_frequency[k, 2]) + np.float32(a.bowel_phase[k, 2]))
             wave += plane[None] * wz.astype(np.float32)
-        wave += np.float32(0.25)  # more bowel than fat
+        wave += np.float32(a.bowel_share)  # share of bowel vs mesenteric fat varies per case
         wave *= np.float32(2.5)
         wave += np.float32(0.5)
         bowel = _clip01(wave)
