@@ -68,7 +68,8 @@ def test_predict_command_line_applies_config_over_base_options(tmp_path: Path) -
     build = predict_command(tmp_path / "bundle", {"precision": "int8", "step": "0.5"})
     case = BenchmarkCase("a", tmp_path / "a_0000.nii.gz")
     argv = build(case, Config("precision=fp32", {"precision": "fp32"}), tmp_path / "a.nii.gz")
-    assert argv[1:6] == ["-m", "edge_seg", "predict", str(case.image), str(tmp_path / "a.nii.gz")]
+    assert argv[1:5] == ["-m", "edge_seg", "predict", str(case.image)]
+    assert argv[argv.index("--output") + 1] == str(tmp_path / "a.nii.gz")
     assert argv[argv.index("--precision") + 1] == "fp32"
     assert argv[argv.index("--step") + 1] == "0.5"
     assert argv[argv.index("--model") + 1] == str(tmp_path / "bundle")

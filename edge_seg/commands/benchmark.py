@@ -34,7 +34,7 @@ def default_model_dir() -> Path:
 def predict_command(
     model: Path, base_options: dict[str, str]
 ):  # -> CommandBuilder
-    """Child command: ``python -m edge_seg predict IMAGE OUTPUT --model M [options]``.
+    """Child command: ``python -m edge_seg predict IMAGE --output PRED --model M --quiet ...``.
 
     The interpreter running this benchmark runs the child too, so the child sees the same
     installation; start-up and model loading are inside the measured time, as in FLARE.
@@ -43,8 +43,8 @@ def predict_command(
 
     def build(case: BenchmarkCase, config: Config, prediction: Path) -> list[str]:
         options = {**base_options, **config.options}
-        argv = [sys.executable, "-m", "edge_seg", "predict", str(case.image), str(prediction),
-                "--model", str(model)]
+        argv = [sys.executable, "-m", "edge_seg", "predict", str(case.image),
+                "--output", str(prediction), "--model", str(model), "--quiet"]
         for key, value in options.items():
             argv += [f"--{key}", value]
         return argv
