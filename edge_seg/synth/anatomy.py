@@ -45,6 +45,9 @@ class Structure:
     below_diaphragm: bool = False
     warp: SmoothWarp | None = None
     resected: bool = False
+    keep_labels: tuple[
+        int, ...
+    ] = ()  # labels this structure does not overwrite (vessels in organs)
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """Axis-aligned (low, high) corners in mm, widened by the warp's largest displacement."""
@@ -553,13 +556,132 @@ def sample_anatomy(rng: np.random.Generator, resected: tuple[str, ...] = ()) -> 
     )
 
     freq = 2 * np.pi / rng.uniform(20.0, 50.0, size=(3, 3))
+    bowel_warp = warp(16.0, 0.5)
+    bowel_share = float(rng.uniform(0.05, 0.45))
+    bowel_phase = rng.uniform(0, 2 * np.pi, size=(3, 3))
+    rib_phase = float(rng.uniform(0, 36))
+    # Vessels between the organs, painted before the IVC and aorta they drain into.
+    at = next(i for i, x in enumerate(st) if x.name == "inferior_vena_cava")
+    st[at:at] = _vessels(rng, s, {x.name: x for x in st})
     return Anatomy(
         body=body,
         diaphragm=dome,
         structures=st,
-        bowel_warp=warp(16.0, 0.5),
-        bowel_share=float(rng.uniform(0.05, 0.45)),
+        bowel_warp=bowel_warp,
+        bowel_share=bowel_share,
         bowel_frequency=freq,
-        bowel_phase=rng.uniform(0, 2 * np.pi, size=(3, 3)),
-        rib_phase_mm=float(rng.uniform(0, 36)),
+        bowel_phase=bowel_phase,
+        rib_phase_mm=rib_phase,
     )
+
+
+def _tube_at_z(tube: Tube, z: float) -> np.ndarray:
+    """(x, y, z) of a roughly vertical tube's centreline at height ``z``."""
+    order = np.argsort(tube.points[:, 2])
+    p = tube.points[order]
+    return np.array([np.interp(z, p[:, 2], p[:, 0]), np.interp(z, p[:, 2], p[:, 1]), z])
+
+
+def _vessels(rng: np.random.Generator, s: float, organs: dict[str, Structure]) -> list[Structure]:
+    """Portal, splenic, mesenteric, hepatic and renal vessels joining the sampled organs.
+
+    They give the network the cues a radiologist uses: the splenic vein along the back of the
+    pancreas, the portal vein entering the liver at the porta, the renal veins at the hila.
+    Intrahepatic parts keep the liver label; renal vessels keep the kidney label at the hilum.
+    """
+    liver = FLARE_LABELS["liver"]
+    ivc, aorta = organs["inferior_vena_cava"].parts[0], organs["aorta"].parts[0]
+    pancreas = organs["pancreas"].parts[0].points
+    right_lobe, left_lobe = organs["liver"].parts[0].center, organs["liver"].parts[1].center
+    spleen = organs["spleen"].parts[0].center
+
+    def vessel(name: str, tissue: str, points, radii, keep=()) -> Structure:
+        pts = np.asarray(points, float) + rng.normal(0, 1.5, (len(points), 3))
+        return Structure(name, tissue, [Tube(pts, np.asarray(radii, float) * s)], keep_labels=keep)
+
+    confluence = pancreas[2] + np.array([0, 13, -2]) * s
+    porta = right_lobe + np.array([30, -14, -12]) * s
+    top = _tube_at_z(ivc, right_lobe[2] + 55 * s)
+    out = [
+        vessel(
+            "splenic_vein",
+            "vein",
+            [
+                confluence,
+                pancreas[3] + [0, 11 * s, 0],
+                pancreas[4] + [0, 10 * s, 0],
+                spleen + np.array([-18, -8, -10]) * s,
+            ],
+            [5, 4.5, 4.5, 4.5],
+        ),
+        vessel(
+            "superior_mesenteric_vein",
+            "vein",
+            [confluence, confluence + np.array([-4, -10, -70]) * s],
+            [5.5, 4.5],
+        ),
+        vessel(
+            "portal_vein",
+            "vein",
+            [confluence, porta, right_lobe + np.array([-25, 5, 8]) * s],
+            [7, 6, 4],
+            (liver,),
+        ),
+        vessel("left_portal_vein", "vein", [porta, left_lobe], [5, 3], (liver,)),
+        vessel(
+            "hepatic_veins",
+            "vein",
+            [top, right_lobe + np.array([-40, 15, 35]) * s],
+            [6, 3],
+            (liver,),
+        ),
+        vessel(
+            "middle_hepatic_vein",
+            "vein",
+            [top, right_lobe + np.array([20, -45, 25]) * s],
+            [5, 2.5],
+            (liver,),
+        ),
+        vessel(
+            "left_hepatic_vein",
+            "vein",
+            [top, left_lobe + np.array([5, 0, 10]) * s],
+            [5, 2.5],
+            (liver,),
+        ),
+        vessel(
+            "superior_mesenteric_artery",
+            "artery",
+            [
+                _tube_at_z(aorta, pancreas[2][2] - 9 * s) + np.array([0, -8, 0]),
+                confluence + np.array([8, -6, -20]) * s,
+                confluence + np.array([6, -14, -80]) * s,
+            ],
+            [4, 3.5, 3],
+        ),
+    ]
+    for side, name in ((-1, "kidney_right"), (1, "kidney_left")):
+        kidney = organs[name]
+        if kidney.resected:
+            continue  # ligated with the kidney
+        centre = kidney.parts[0].center
+        hilum = centre + np.array([-side * 24, -8, 2]) * s
+        keep = (FLARE_LABELS[name],)
+        vein_end = _tube_at_z(ivc, hilum[2])
+        points = [hilum, vein_end]
+        if side > 0:  # the left renal vein crosses in front of the aorta
+            front = _tube_at_z(aorta, hilum[2] + 5) + np.array([0, -16, 0]) * s
+            points = [hilum, front, vein_end]
+        out.append(
+            vessel(f"renal_vein_{name}", "vein", points, [5] * (len(points) - 1) + [6], keep)
+        )
+        out.append(
+            vessel(
+                f"renal_artery_{name}",
+                "artery",
+                [_tube_at_z(aorta, hilum[2] + 8), hilum + np.array([0, 5, 3]) * s],
+                [3.5, 3],
+                keep,
+            )
+        )
+    return out

@@ -304,6 +304,8 @@ class Rasteriser:
             if s.gas_anterior_of_mm is not None:
                 gas = _weight(self.y3[:, ys, :] - np.float32(s.gas_anterior_of_mm), self.edge_mm)
                 _paint(sub, wc * gas, self.tissues["air"])
+        if s.keep_labels:
+            inside &= ~np.isin(lab, s.keep_labels)
         lab[inside] = s.label
 
     def render(self, finish: Callable[[int, np.ndarray], None]) -> np.ndarray:
