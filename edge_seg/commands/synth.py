@@ -23,9 +23,15 @@ def register(app: typer.Typer) -> None:
         modality: str | None = typer.Option(
             None, "--modality", help="ct | mr (default: ct for flare/chaos, mr for ukb)."
         ),
-        cases: int = typer.Option(5, "--cases", help="Number of cases (1 to 10000)."),
-        slices: int | None = typer.Option(
-            None, "--slices", help="Slices per case (8 to 1000; default: drawn per case)."
+        # Numbers are parsed here, not by Typer, so that a typo gets the one-line error too.
+        cases: str = typer.Option(
+            "5", "--cases", metavar="N", help="Number of cases (1 to 10000)."
+        ),
+        slices: str | None = typer.Option(
+            None,
+            "--slices",
+            metavar="N",
+            help="Slices per case (8 to 1000; default: drawn per case).",
         ),
         size: str | None = typer.Option(
             None,
@@ -33,12 +39,15 @@ def register(app: typer.Typer) -> None:
             help="In-plane matrix N or ROWSxCOLUMNS (16 to 1024); the field of view is kept, "
             "so fewer pixels means larger pixels. Default: the protocol's (512 for CT).",
         ),
-        resection_rate: float = typer.Option(
-            0.0,
+        resection_rate: str = typer.Option(
+            "0",
             "--resection-rate",
+            metavar="R",
             help="Share of cases without gallbladder or one kidney (0 to 1).",
         ),
-        seed: int = typer.Option(0, "--seed", help="Base seed; same seed, identical dataset."),
+        seed: str = typer.Option(
+            "0", "--seed", metavar="S", help="Base seed; same seed, identical dataset."
+        ),
         labels: bool = typer.Option(
             False, "--labels", help="ukb layout: also write voxel label maps."
         ),
@@ -56,18 +65,24 @@ def register(app: typer.Typer) -> None:
             TimeElapsedColumn,
         )
 
-        from edge_seg.synth.writer import SynthRequest, parse_size, validate, write_dataset
+        from edge_seg.synth.writer import (
+            SynthRequest,
+            parse_number,
+            parse_size,
+            validate,
+            write_dataset,
+        )
 
         request = validate(
             SynthRequest(
                 out_dir=out_dir,
                 layout=layout.lower(),
                 modality=modality.lower() if modality else None,
-                cases=cases,
-                slices=slices,
+                cases=parse_number("--cases", cases, int),
+                slices=parse_number("--slices", slices, int) if slices is not None else None,
                 size_yx=parse_size(size) if size else None,
-                resection_rate=resection_rate,
-                seed=seed,
+                resection_rate=parse_number("--resection-rate", resection_rate, float),
+                seed=parse_number("--seed", seed, int),
                 labels=labels,
                 overwrite=overwrite,
             )

@@ -62,6 +62,15 @@ def case_seed(base_seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(base_seed), int(index)]).generate_state(1)[0])
 
 
+def parse_number(option: str, text: str, kind: type) -> int | float:
+    """``text`` as an int or float for ``option``; EdgesegError (one line) if it is not one."""
+    try:
+        return kind(text.strip())
+    except ValueError:
+        noun = "an integer" if kind is int else "a number"
+        raise EdgesegError(f"{option}: expected {noun}, got {text!r}") from None
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """``"64"`` or ``"64x48"`` (rows x columns) -> (rows, columns)."""
     parts = text.lower().replace(" ", "").split("x")
