@@ -65,7 +65,7 @@ def test_flare_layout_is_a_valid_nnunet_v2_raw_dataset(flare_ct: Path) -> None:
     assert meta["numTraining"] == 3
     assert meta["labels"] == {"background": 0, **FLARE_LABELS}
     rows = manifest(flare_ct)
-    assert [r["case_id"] for r in rows] == ["synth_0000", "synth_0001", "synth_0002"]
+    assert [r["case_id"] for r in rows] == ["case_0000", "case_0001", "case_0002"]
     for row in rows:
         image = sitk.ReadImage(str(flare_ct / "imagesTr" / f"{row['case_id']}_0000.nii.gz"))
         labels = sitk.ReadImage(str(flare_ct / "labelsTr" / f"{row['case_id']}.nii.gz"))
@@ -102,14 +102,14 @@ def test_same_seed_gives_identical_arrays(flare_ct: Path, tmp_path: Path) -> Non
     )
     other = tmp_path / "other"
     assert synth(str(other), "--cases", "1", "--seed", "5", *TINY).returncode == 0
-    for sub in ("imagesTr/synth_0000_0000.nii.gz", "labelsTr/synth_0002.nii.gz"):
+    for sub in ("imagesTr/case_0000_0000.nii.gz", "labelsTr/case_0002.nii.gz"):
         a = sitk.GetArrayFromImage(sitk.ReadImage(str(flare_ct / sub)))
         b = sitk.GetArrayFromImage(sitk.ReadImage(str(again / sub)))
         assert a.tobytes() == b.tobytes()
     first = sitk.GetArrayFromImage(
-        sitk.ReadImage(str(flare_ct / "imagesTr/synth_0000_0000.nii.gz"))
+        sitk.ReadImage(str(flare_ct / "imagesTr/case_0000_0000.nii.gz"))
     )
-    differs = sitk.GetArrayFromImage(sitk.ReadImage(str(other / "imagesTr/synth_0000_0000.nii.gz")))
+    differs = sitk.GetArrayFromImage(sitk.ReadImage(str(other / "imagesTr/case_0000_0000.nii.gz")))
     assert not np.array_equal(first, differs)
 
 

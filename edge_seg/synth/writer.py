@@ -136,7 +136,7 @@ def _case_id(layout: str, index: int) -> str:
         from edge_seg.synth.layout_ukb import subject_id
 
         return subject_id(index)
-    return f"synth_{index:04d}"
+    return f"case_{index:04d}"
 
 
 def _manifest_row(case_id: str, p: Phantom) -> list[object]:
