@@ -237,10 +237,17 @@ class Predictor:
 
         t = time.perf_counter()
         if box is None:
-            slabs = sliding_window(image, bundle.patch_size, options.step, kept, len(keep))
+            slabs = sliding_window(
+                image, bundle.patch_size, options.step, kept, len(keep), options.threads
+            )
         else:
             inner = sliding_window(
-                image[(slice(None), *box)], bundle.patch_size, options.step, kept, len(keep)
+                image[(slice(None), *box)],
+                bundle.patch_size,
+                options.step,
+                kept,
+                len(keep),
+                options.threads,
             )
             background = np.full(len(keep), _OUTSIDE_LOGIT, dtype=np.float32)
             background[0] = 0.0

@@ -12,7 +12,9 @@ only one patch-depth of logits (classes x patch depth x padded height x width).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 import numpy as np
@@ -75,6 +77,7 @@ def sliding_window(
     step: float,
     run_patch: PatchRunner,
     num_classes: int,
+    threads: int | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Run ``run_patch`` over ``image`` and yield averaged logits slab by slab.
 
@@ -90,6 +93,8 @@ def sliding_window(
         float32 (1, C, *patch) -> float32 (num_classes, *patch).
     num_classes : int
         Number of logit channels.
+    threads : int, optional
+        Threads for weighting and adding patch logits (default: all cores).
 
     Yields
     ------
@@ -107,11 +112,21 @@ def sliding_window(
     depth = patch[0]
     logits_sum = np.zeros((num_classes, depth, size[1], size[2]), dtype=np.float32)
     weight_sum = np.zeros((depth, size[1], size[2]), dtype=np.float32)
-    (z_lo, _), (y_lo, _), (x_lo, _) = pads
-    inner = (slice(y_lo, y_lo + image.shape[2]), slice(x_lo, x_lo + image.shape[3]))
-    origin = 0  # padded z index of logits_sum[:, 0]
+    z_lo = pads[0][0]
+    inner = (
+        slice(pads[1][0], pads[1][0] + image.shape[2]),
+        slice(pads[2][0], pads[2][0] + image.shape[3]),
+    )
+    # Weighting and adding a patch's logits is NumPy work that releases the GIL: it is split
+    # over classes between threads (the network is idle meanwhile, so the cores are free).
+    threads = max(1, min(threads or os.cpu_count() or 1, num_classes))
+    groups = [range(c, num_classes, threads) for c in range(threads)]
 
-    def finished(upto: int) -> Iterator[tuple[int, np.ndarray]]:
+    def accumulate(logits: np.ndarray, region: tuple[slice, ...], classes: range) -> None:
+        for c in classes:
+            logits_sum[(c, *region)] += logits[c] * weights
+
+    def finished(origin: int, upto: int) -> Iterator[tuple[int, np.ndarray]]:
         # Padded z range [origin, upto) is final; hand on the part inside the image.
         lo = max(origin, z_lo)
         hi = min(upto, z_lo + image.shape[1])
@@ -120,26 +135,25 @@ def sliding_window(
             slab = logits_sum[:, rows, inner[0], inner[1]] / weight_sum[rows, inner[0], inner[1]]
             yield lo - z_lo, slab
 
-    def shift(n: int) -> None:
-        logits_sum[:, : depth - n] = logits_sum[:, n:].copy()
-        logits_sum[:, depth - n :] = 0
-        weight_sum[: depth - n] = weight_sum[n:].copy()
-        weight_sum[depth - n :] = 0
-
-    scratch = np.empty((num_classes, *patch), dtype=np.float32)
-    for zs in starts[0]:
-        if zs > origin:
-            yield from finished(zs)
-            shift(zs - origin)
-            origin = zs
-        for ys in starts[1]:
-            for xs in starts[2]:
-                tile = np.ascontiguousarray(
-                    padded[None, :, zs : zs + depth, ys : ys + patch[1], xs : xs + patch[2]]
-                )
-                logits = run_patch(tile)
-                np.multiply(logits, weights, out=scratch)
-                region = (slice(0, depth), slice(ys, ys + patch[1]), slice(xs, xs + patch[2]))
-                logits_sum[(slice(None), *region)] += scratch
-                weight_sum[region] += weights
-    yield from finished(origin + depth)
+    origin = 0  # padded z index of logits_sum[:, 0]
+    with ThreadPoolExecutor(threads) as pool:
+        for zs in starts[0]:
+            if zs > origin:
+                yield from finished(origin, zs)
+                n = zs - origin  # shift the window down by n slices
+                logits_sum[:, : depth - n] = logits_sum[:, n:].copy()
+                logits_sum[:, depth - n :] = 0
+                weight_sum[: depth - n] = weight_sum[n:].copy()
+                weight_sum[depth - n :] = 0
+                origin = zs
+            for ys in starts[1]:
+                for xs in starts[2]:
+                    tile = np.ascontiguousarray(
+                        padded[None, :, zs : zs + depth, ys : ys + patch[1], xs : xs + patch[2]]
+                    )
+                    logits = run_patch(tile)
+                    region = (slice(0, depth), slice(ys, ys + patch[1]), slice(xs, xs + patch[2]))
+                    for _ in pool.map(lambda g, lg=logits, r=region: accumulate(lg, r, g), groups):
+                        pass
+                    weight_sum[region] += weights
+        yield from finished(origin, origin + depth)
