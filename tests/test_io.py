@@ -64,6 +64,11 @@ def test_write_label_map_refuses_folder_shape_mismatch_and_bad_values(tmp_path: 
     with pytest.raises(EdgesegError, match="unknown output format"):
         write_label_map(np.zeros((3, 4, 5), np.uint8), scan, tmp_path / "c.png")
     assert list(tmp_path.iterdir()) == []
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("a file where a folder should be")
+    with pytest.raises(EdgesegError, match="not writable"):
+        write_label_map(np.zeros((3, 4, 5), np.uint8), scan, blocker / "seg.nii.gz")
+    assert list(tmp_path.iterdir()) == [blocker]
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
