@@ -168,3 +168,30 @@ def test_bad_arguments_raise_value_errors() -> None:
         generate_phantom(0, "ct", resected=["kidney_left", "right kidney"], **TINY)
     with pytest.raises(ValueError, match="spacing"):
         generate_phantom(0, "ct", n_slices=4, spacing_mm=(0.0, 1.0, 1.0), shape_yx=(8, 8))
+
+
+def test_noise_and_partial_volume_edges() -> None:
+    kw = dict(n_slices=30, spacing_mm=(3.0, 1.5, 1.5), shape_yx=(256, 256), z_center_mm=60.0)
+    noisy = generate_phantom(4, "ct", **kw)
+    clean = generate_phantom(4, "ct", noise=False, **kw)
+    assert np.array_equal(noisy.labels, clean.labels)
+    liver = noisy.labels == FLARE_LABELS["liver"]
+    core = liver.copy()  # liver voxels whose 6 neighbours are liver too
+    for axis in range(3):
+        core &= np.roll(liver, 1, axis) & np.roll(liver, -1, axis)
+    diff = noisy.image[core].astype(float) - clean.image[core]
+    assert 4.0 < diff.std() < 30.0  # CT noise of a few to a few tens of HU
+    assert clean.image[core].std() < 8.0  # homogeneous organ without noise (vessels aside)
+    # Partial volume: on the liver's border there are values between liver and its neighbours.
+    border = liver & ~core
+    inner = float(np.median(clean.image[core]))
+    between = (clean.image[border] < inner - 15) & (clean.image[border] > -90)
+    assert between.mean() > 0.1  # a hard-edged rendering would have none
+
+
+def test_phantom_volume_carries_the_geometry() -> None:
+    p = generate_phantom(1, "mr", **TINY)
+    v = p.volume("t2")
+    assert v.array is p.channels["t2"] and v.spacing_mm == p.spacing_mm
+    assert v.origin == p.origin and v.direction == p.direction
+    assert p.volume().array is p.image

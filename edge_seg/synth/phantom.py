@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,6 +27,9 @@ from edge_seg.synth.noise import BiasField, NoisePlan
 from edge_seg.synth.protocols import PROTOCOLS, CaseParams, sample_case_params
 from edge_seg.synth.render import Grid, Rasteriser
 from evaluator.labels import FLARE_LABELS, canonical_organ_name
+
+if TYPE_CHECKING:
+    from edge_seg.io import Volume
 
 MODALITIES = ("ct", "mr")
 #: Direction cosines of every phantom: axial slices, rows towards the back, LPS (identity).
@@ -70,6 +74,19 @@ class Phantom:
     modality: str
     seed: int
     params: CaseParams = field(repr=False)
+
+    def volume(self, channel: str | None = None) -> Volume:
+        """One image of the case as an :class:`edge_seg.io.Volume` (default: :attr:`image`)."""
+        from edge_seg.io import Volume
+
+        array = self.image if channel is None else self.channels[channel]
+        return Volume(
+            array=array,
+            spacing_mm=self.spacing_mm,
+            origin=self.origin,
+            direction=self.direction,
+            path=None,
+        )
 
     @property
     def organs_in_view(self) -> tuple[str, ...]:
