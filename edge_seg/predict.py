@@ -220,7 +220,9 @@ class Predictor:
         present = None
         if want_auto:
             present = {name: _sigmoid(v) >= 0.5 for name, v in presence_seen.items()}
-        excluded = set(self.absent) if not bundle.presence_input else set()
+        # Absent organs go through the presence input where the network has one for them;
+        # all others are excluded before the argmax.
+        excluded = set(self.absent) - set(bundle.presence_input or ())
         if present is not None and not bundle.presence_input:
             excluded |= {name for name, ok in present.items() if not ok and name in self.organs}
         keep = [

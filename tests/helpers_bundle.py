@@ -23,7 +23,7 @@ CT_NORM = {"scheme": "ct", "lower": -1000.0, "upper": 1000.0, "mean": 0.0, "std"
 CENTRES = (-5.0, 1.0, 2.0, 3.0)  # in normalised units (HU / 100); background wins below -200 HU
 
 
-def _onnx_model(patch: Sequence[int], presence_input: bool, presence_output: bool):
+def _onnx_model(patch: Sequence[int], presence: Sequence[str], presence_output: bool):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -36,18 +36,24 @@ def _onnx_model(patch: Sequence[int], presence_input: bool, presence_output: boo
     inputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 1, *patch])]
     outputs = []
     logits = "raw"
-    if presence_input:
-        inputs.append(helper.make_tensor_value_info("presence", TensorProto.FLOAT, [1, k - 1]))
+    if presence:
+        # penalty (1, K) = 50 * (presence - 1) @ M, M[j, label of organ j] = 1
+        to_class = np.zeros((len(presence), k), np.float32)
+        for j, name in enumerate(presence):
+            to_class[j, LABELS[name]] = 1.0
+        inputs.append(
+            helper.make_tensor_value_info("presence", TensorProto.FLOAT, [1, len(presence)])
+        )
         inits += [
             numpy_helper.from_array(np.array(1.0, np.float32), "one"),
             numpy_helper.from_array(np.array(50.0, np.float32), "strength"),
-            numpy_helper.from_array(np.zeros((1, 1), np.float32), "bg_zero"),
+            numpy_helper.from_array(to_class, "to_class"),
             numpy_helper.from_array(np.array([1, k, 1, 1, 1], np.int64), "shape5"),
         ]
         nodes += [
             helper.make_node("Sub", ["presence", "one"], ["missing"]),
-            helper.make_node("Mul", ["missing", "strength"], ["penalty"]),
-            helper.make_node("Concat", ["bg_zero", "penalty"], ["penalty_k"], axis=1),
+            helper.make_node("MatMul", ["missing", "to_class"], ["missing_k"]),
+            helper.make_node("Mul", ["missing_k", "strength"], ["penalty_k"]),
             helper.make_node("Reshape", ["penalty_k", "shape5"], ["penalty5"]),
             helper.make_node("Add", ["raw", "penalty5"], ["with_prior"]),
         ]
@@ -85,7 +91,7 @@ def make_bundle(
     *,
     patch: Sequence[int] = (8, 16, 16),
     spacing_mm: Sequence[float] = (2.0, 1.5, 1.5),
-    presence_input: bool = False,
+    presence_input: bool | Sequence[str] = False,
     presence_output: bool = False,
     int8: bool = False,
     validated: Sequence[str] = ("fp32",),
@@ -94,12 +100,13 @@ def make_bundle(
     import onnx
 
     folder.mkdir(parents=True, exist_ok=True)
-    model = _onnx_model(patch, presence_input, presence_output)
+    organs = [n for n in LABELS if n != "background"]
+    presence = list(organs if presence_input is True else presence_input or [])
+    model = _onnx_model(patch, presence, presence_output)
     onnx.save(model, folder / "model.onnx")
     files = {"fp32": "model.onnx"}
     if int8:
-        files.update(_int8_variants(folder, patch, presence_input))
-    organs = [n for n in LABELS if n != "background"]
+        files.update(_int8_variants(folder, patch, len(presence)))
     bundle = Bundle(
         name="tiny-threshold",
         modality="CT",
@@ -109,7 +116,7 @@ def make_bundle(
         normalization=[dict(CT_NORM)],
         patch_size=[int(p) for p in patch],
         files=files,
-        presence_input=organs if presence_input else None,
+        presence_input=presence or None,
         presence_output=presence_output,
         validated_precisions=list(validated),
     )
@@ -117,7 +124,7 @@ def make_bundle(
     return folder
 
 
-def _int8_variants(folder: Path, patch: Sequence[int], presence_input: bool) -> dict[str, str]:
+def _int8_variants(folder: Path, patch: Sequence[int], n_presence: int) -> dict[str, str]:
     import openvino as ov
     from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize_static
 
@@ -128,8 +135,8 @@ def _int8_variants(folder: Path, patch: Sequence[int], presence_input: bool) -> 
             self.items = []
             for _ in range(4):
                 feed = {"image": rng.uniform(-10, 10, (1, 1, *patch)).astype(np.float32)}
-                if presence_input:
-                    feed["presence"] = np.ones((1, len(LABELS) - 1), np.float32)
+                if n_presence:
+                    feed["presence"] = np.ones((1, n_presence), np.float32)
                 self.items.append(feed)
 
         def get_next(self):

@@ -190,6 +190,16 @@ def test_absent_organ_goes_through_presence_input(halos_bundle: Path, phantom) -
     assert dice(prediction.labels == 1, truth == 1) > 0.6
 
 
+def test_absent_organ_outside_presence_vector_is_excluded(tmp_path: Path, phantom) -> None:
+    # A presence input that covers the spleen only: an absent liver must still disappear.
+    bundle_dir = make_bundle(tmp_path / "partial", presence_input=["spleen"])
+    volume, _ = phantom
+    options = PredictOptions(crop="none", absent_organs=("liver", "spleen"))
+    labels = Predictor(bundle_dir, options).predict(volume).labels
+    assert not np.isin(labels, [LABELS["liver"], LABELS["spleen"]]).any()
+    assert (labels == LABELS["kidney_right"]).any()
+
+
 def test_presence_auto_uses_presence_head(halos_bundle: Path) -> None:
     # Liver only: the threshold "network" sees no spleen-bright voxel anywhere.
     image, _truth = make_phantom(spacing_mm=SPACING, organs=("liver",))
