@@ -135,7 +135,18 @@ def main() -> None:
         args.work / "nnunet",
     )
     edgeseg = [sys.executable, "-m", "edge_seg", "predict", str(images)]
+    from edge_seg.backends.base import choose_model
+    from edge_seg.bundle import load_bundle
+    from edge_seg.errors import EdgesegError
+
+    bundle = load_bundle(args.model)
+    missing = []
     for precision in ("fp32", "int8"):
+        try:
+            choose_model(bundle, "openvino", precision)
+        except EdgesegError as exc:
+            missing.append(f"{precision}: {exc}")
+            continue
         for label, extra in (("default", []), ("exact", ["--crop", "none", "--no-lcc"])):
             out = args.work / f"edgeseg_{precision}_{label}"
             timed(
