@@ -106,9 +106,7 @@ def test_same_seed_gives_identical_arrays(flare_ct: Path, tmp_path: Path) -> Non
         a = sitk.GetArrayFromImage(sitk.ReadImage(str(flare_ct / sub)))
         b = sitk.GetArrayFromImage(sitk.ReadImage(str(again / sub)))
         assert a.tobytes() == b.tobytes()
-    first = sitk.GetArrayFromImage(
-        sitk.ReadImage(str(flare_ct / "imagesTr/case_0000_0000.nii.gz"))
-    )
+    first = sitk.GetArrayFromImage(sitk.ReadImage(str(flare_ct / "imagesTr/case_0000_0000.nii.gz")))
     differs = sitk.GetArrayFromImage(sitk.ReadImage(str(other / "imagesTr/case_0000_0000.nii.gz")))
     assert not np.array_equal(first, differs)
 
@@ -145,14 +143,21 @@ def test_chaos_mr_layout_sequences_and_grey_values(tmp_path: Path) -> None:
     result = synth(str(out), "--layout", "chaos", "--modality", "mr", "--cases", "1", *TINY)
     assert result.returncode == 0, result.stderr
     case = out / "MR" / "1"
-    expected = regenerate(manifest(out)[0], "mr")
-    for folder, key in (
-        ("T1DUAL/DICOM_anon/InPhase", "t1_in_phase"),
-        ("T1DUAL/DICOM_anon/OutPhase", "t1_opposed_phase"),
-        ("T2SPIR/DICOM_anon", "t2"),
+    from edge_seg.synth.layout_chaos import t2_phantom
+
+    t1 = regenerate(manifest(out)[0], "mr")
+    t2 = t2_phantom(t1)
+    assert t2.spacing_mm[0] != t1.spacing_mm[0]  # T2 SPIR is its own acquisition
+    assert t2.spacing_mm[1:] == t1.spacing_mm[1:]
+    for folder, key, expected in (
+        ("T1DUAL/DICOM_anon/InPhase", "t1_in_phase", t1),
+        ("T1DUAL/DICOM_anon/OutPhase", "t1_opposed_phase", t1),
+        ("T2SPIR/DICOM_anon", "t2", t2),
     ):
         image = read_series(case / folder)
-        assert image.GetSize() == (48, 48, 12)
+        assert image.GetSize() == (48, 48, expected.labels.shape[0])
+        assert image.GetSpacing()[2] == pytest.approx(expected.spacing_mm[0], abs=1e-3)
+        assert image.GetOrigin() == pytest.approx(expected.origin, abs=1e-3)
         array = sitk.GetArrayFromImage(image)
         assert np.array_equal(array, np.clip(np.rint(expected.channels[key]), 0, 65535))
         assert all(pydicom.dcmread(f).Modality == "MR" for f in (case / folder).iterdir())
@@ -161,7 +166,7 @@ def test_chaos_mr_layout_sequences_and_grey_values(tmp_path: Path) -> None:
         for name in ("InPhase", "OutPhase")
     }
     assert echo["InPhase"] > echo["OutPhase"]
-    for ground_dir in ("T1DUAL/Ground", "T2SPIR/Ground"):
+    for ground_dir, expected in (("T1DUAL/Ground", t1), ("T2SPIR/Ground", t2)):
         pngs = sorted((case / ground_dir).iterdir())
         grey = np.stack([np.asarray(Image.open(p)) for p in pngs])[::-1]
         assert set(np.unique(grey).tolist()) <= {0, 63, 126, 189, 252}
@@ -172,6 +177,9 @@ def test_chaos_mr_layout_sequences_and_grey_values(tmp_path: Path) -> None:
             ("spleen", 252),
         ):
             assert np.array_equal(grey == value, expected.labels == FLARE_LABELS[organ])
+    # Both sequences image the same patient: liver volumes agree within partial-volume error.
+    ml = [(p.labels == 1).sum() * np.prod(p.spacing_mm) for p in (t1, t2)]
+    assert 0.8 < ml[0] / ml[1] < 1.25
 
 
 def test_chaos_output_reads_through_the_evaluator_adapter(tmp_path: Path) -> None:

@@ -4,10 +4,11 @@ CT: ``CT/<id>/DICOM_anon/i0000,0000b.dcm ...`` and ``CT/<id>/Ground/liver_GT_000
 (liver only, 1-bit PNG, any value > 0 is liver). MR: ``MR/<id>/T1DUAL/DICOM_anon/InPhase``,
 ``.../OutPhase``, ``MR/<id>/T1DUAL/Ground``, ``MR/<id>/T2SPIR/DICOM_anon`` and
 ``MR/<id>/T2SPIR/Ground`` with grey values liver 63, right kidney 126, left kidney 189,
-spleen 252. As in CHAOS, slice order is file-name order and runs from the top of the scan down
-(the first file has the highest z); PNG ``k`` in name order belongs to DICOM ``k`` in name
-order. The DICOM position tags agree with that order, so SimpleITK's position-sorted series
-reader gives the same volume.
+spleen 252. T2 SPIR is its own acquisition of the same patient and region (own slice spacing
+and count, see :func:`t2_phantom`), as in CHAOS. Slice order is file-name order and runs from
+the top of the scan down (the first file has the highest z); PNG ``k`` in name order belongs to
+DICOM ``k`` in name order. The DICOM position tags agree with that order, so SimpleITK's
+position-sorted series reader gives the same volume.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import numpy as np
 from PIL import Image
 
 from edge_seg.synth.dicom import uid, write_series
-from edge_seg.synth.phantom import Phantom
+from edge_seg.synth.phantom import Phantom, generate_phantom
+from edge_seg.synth.protocols import PROTOCOLS
 from evaluator.labels import FLARE_LABELS
 
 #: CHAOS MR ground-truth grey values.
@@ -48,6 +50,29 @@ def mr_ground(labels: np.ndarray) -> np.ndarray:
     for organ, value in MR_GREY_VALUES.items():
         grey[labels == FLARE_LABELS[organ]] = value
     return grey
+
+
+def t2_phantom(phantom: Phantom) -> Phantom:
+    """The T2-SPIR acquisition of an MR case: same patient and region, its own slices.
+
+    CHAOS acquires T2 SPIR separately from the T1 dual echo, with its own slice spacing
+    (5.5-9 mm) and count; the in-plane grid is kept. The spacing is drawn from the case seed.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([phantom.seed, 3]))
+    sz, sy, sx = phantom.spacing_mm
+    extent = (phantom.labels.shape[0] - 1) * sz
+    slice_mm = float(rng.uniform(*PROTOCOLS["chaos_mr"].slice_mm))
+    n_slices = max(2, round(extent / slice_mm) + 1)
+    return generate_phantom(
+        phantom.seed,
+        "mr",
+        n_slices=n_slices,
+        spacing_mm=(slice_mm, sy, sx),
+        shape_yx=phantom.labels.shape[1:],
+        resected=phantom.resected,
+        protocol=phantom.params.protocol,
+        z_center_mm=phantom.z_center_mm,
+    )
 
 
 def write_case(phantom: Phantom, root: Path, case_id: str) -> None:
@@ -126,9 +151,13 @@ def write_case(phantom: Phantom, root: Path, case_id: str) -> None:
         grey, t1 / "Ground", [f"IMG-{T1_SERIES:04d}-{2 * k + 2:05d}.png" for k in range(nz)], "L"
     )
     t2 = case / "T2SPIR"
-    t2_names = [f"IMG-{T2_SERIES:04d}-{nz - k:05d}.dcm" for k in order]
+    t2_case = t2_phantom(phantom)
+    nz = t2_case.labels.shape[0]
+    grey = _top_down(mr_ground(t2_case.labels))
+    common["spacing_mm"], common["origin"] = t2_case.spacing_mm, t2_case.origin
+    t2_names = [f"IMG-{T2_SERIES:04d}-{nz - k:05d}.dcm" for k in range(nz)]
     write_series(
-        phantom.channels["t2"],
+        t2_case.channels["t2"],
         t2 / "DICOM_anon",
         t2_names,
         modality="MR",

@@ -61,6 +61,9 @@ class Phantom:
         outside the scanned z-range still counts as present in the patient).
     resected
         Organs removed in this case (cholecystectomy, nephrectomy).
+    z_center_mm
+        Patient-frame z (mm, 0 = L1/L2 disc) of the volume's centre: pass it back to
+        :func:`generate_phantom` to image the same region of the same patient on another grid.
     """
 
     image: np.ndarray
@@ -74,6 +77,7 @@ class Phantom:
     modality: str
     seed: int
     params: CaseParams = field(repr=False)
+    z_center_mm: float = 0.0
 
     def volume(self, channel: str | None = None) -> Volume:
         """One image of the case as an :class:`edge_seg.io.Volume` (default: :attr:`image`)."""
@@ -228,6 +232,7 @@ def generate_phantom(
         resected=params.resected,
         modality=modality,
         seed=int(seed),
+        z_center_mm=float(z_center_mm),
         params=params,
     )
 
