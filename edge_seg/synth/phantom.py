@@ -176,7 +176,6 @@ def generate_phantom(
         shape_yx=shape_yx,
         protocol=protocol,
         resected=gone,
-        rng=rng["params"],
     )
     anatomy = sample_anatomy(rng["anatomy"], params.resected)
     tissues = sample_intensities(modality, rng["intensity"])

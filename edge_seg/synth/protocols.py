@@ -79,7 +79,6 @@ def sample_case_params(
     protocol: str | None = None,
     resected: Iterable[str] | None = None,
     resection_rate: float = 0.0,
-    rng: np.random.Generator | None = None,
 ) -> CaseParams:
     """Draw the grid (and resections) of case ``seed``; given values are kept as they are.
 
@@ -87,10 +86,9 @@ def sample_case_params(
     (clipped to its slice-spacing range): few slices means thick slices over the abdomen, many
     slices means a long scan from the chest into the pelvis. With ``resected`` None, a case is a
     resection case with probability ``resection_rate`` and then lacks the gallbladder (60 %),
-    the right (20 %) or the left kidney (20 %). ``rng`` is accepted for API symmetry but the
-    draws use their own streams of ``seed``, so the grid never depends on the resection draw.
+    the right (20 %) or the left kidney (20 %). The draws use their own streams of ``seed``, so
+    the grid never depends on the resection draw and vice versa.
     """
-    del rng  # the draws below use dedicated, seed-derived streams
     name = protocol or DEFAULT_PROTOCOL.get(modality)
     if name not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
