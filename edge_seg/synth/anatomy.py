@@ -118,6 +118,9 @@ class Anatomy:
     bowel_phase: np.ndarray  # (3, 3)
     rib_phase_mm: float
     bowel_share: float = 0.25  # threshold offset: more bowel loops, less mesenteric fat
+    # (3 terms, 2 waves, [amplitude rad, x frequency, y frequency, phase]): in-plane phase
+    # shift of each term's z-wave, so the loops do not line up in a lattice along z.
+    bowel_twist: np.ndarray = field(default_factory=lambda: np.zeros((3, 2, 4)))
 
     @property
     def organ_z_range_mm(self) -> tuple[float, float]:
@@ -563,6 +566,17 @@ def sample_anatomy(rng: np.random.Generator, resected: tuple[str, ...] = ()) -> 
     # Vessels between the organs, painted before the IVC and aorta they drain into.
     at = next(i for i, x in enumerate(st) if x.name == "inferior_vena_cava")
     st[at:at] = _vessels(rng, s, {x.name: x for x in st})
+    angle = rng.uniform(0, 2 * np.pi, size=(3, 2))
+    wavelength = rng.uniform(50.0, 150.0, size=(3, 2))
+    twist = np.stack(
+        [
+            rng.uniform(1.5, 3.0, size=(3, 2)),
+            2 * np.pi / wavelength * np.cos(angle),
+            2 * np.pi / wavelength * np.sin(angle),
+            rng.uniform(0, 2 * np.pi, size=(3, 2)),
+        ],
+        axis=-1,
+    )
     return Anatomy(
         body=body,
         diaphragm=dome,
@@ -572,6 +586,7 @@ def sample_anatomy(rng: np.random.Generator, resected: tuple[str, ...] = ()) -> 
         bowel_frequency=freq,
         bowel_phase=bowel_phase,
         rib_phase_mm=rib_phase,
+        bowel_twist=twist,
     )
 
 
