@@ -253,3 +253,22 @@ def test_checkpoint_option_picks_another_file(workspace, capsys, tmp_path) -> No
         expected = fold_network(workspace["results"], 1)(torch.from_numpy(image)).numpy()
     assert np.abs(onnx_logits(out, image) - expected).max() <= 1e-3
     assert load_bundle(out).provenance["checkpoints"][0]["path"].endswith("checkpoint_best.pth")
+
+
+@pytest.mark.parametrize("norm", ["native", "axiswise"])
+def test_onnx_norm_choice(workspace, tmp_path, norm) -> None:
+    import onnx
+
+    from export.bundle_writer import export_nnunet
+
+    out = tmp_path / norm
+    bundle = export_nnunet(workspace["results"], out, images=sorted(workspace["images"].iterdir()),
+                           norm=norm)
+    ops = {node.op_type for node in onnx.load(str(out / "model.onnx")).graph.node}
+    assert ("InstanceNormalization" in ops) == (norm == "native")
+    assert bundle.provenance["onnx_check"]["instance_norm"] == norm
+    # Either way the graph computes the trained network (dynamic shape, checked vs PyTorch).
+    image = np.random.default_rng(5).normal(2.0, 1.0, size=(1, 1, 24, 64, 32)).astype(np.float32)
+    with torch.no_grad():
+        expected = fold_network(workspace["results"], 0)(torch.from_numpy(image)).numpy()
+    assert np.abs(onnx_logits(out, image) - expected).max() <= 1e-4
