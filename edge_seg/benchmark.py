@@ -152,14 +152,31 @@ class BenchmarkRun:
 # --- cases -------------------------------------------------------------------------------------
 
 
-def case_id_of(path: Path) -> str:
-    """Case name of an image file: extension and nnU-Net's ``_0000`` channel suffix removed."""
-    name = path.name
+def strip_image_suffix(name: str) -> str:
+    """File name without its image extension (``.nii.gz`` counts as one)."""
     for suffix in IMAGE_SUFFIXES:
         if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return re.sub(r"_\d{4}$", "", name)
+            return name[: -len(suffix)]
+    return name
+
+
+def case_id_of(path: Path) -> str:
+    """Case name of an image file: extension and nnU-Net's ``_0000`` channel suffix removed."""
+    return re.sub(r"_\d{4}$", "", strip_image_suffix(path.name))
+
+
+def case_ids(paths: Sequence[Path]) -> list[str]:
+    """Case names of a folder's images.
+
+    nnU-Net names images ``<case>_<channel>`` (``case_0007_0000.nii.gz``), but many folders
+    hold plain ``case_0007.nii.gz``. The channel suffix is removed only where the names stay
+    distinct; otherwise ``case_0000``/``case_0001`` would both become ``case``. (Ground-truth
+    matching also tries the full name, so a lone ``case_0007.nii.gz`` still finds its label.)
+    """
+    stripped = [case_id_of(p) for p in paths]
+    if len(set(stripped)) == len(stripped):
+        return stripped
+    return [strip_image_suffix(p.name) for p in paths]
 
 
 def _is_image(path: Path) -> bool:
@@ -222,16 +239,10 @@ def discover_cases(cases_dir: Path) -> list[BenchmarkCase]:
             f"{cases_dir}: no images found (looked for {', '.join(IMAGE_SUFFIXES)} files "
             "or DICOM series folders)"
         )
-    cases: dict[str, BenchmarkCase] = {}
-    for path in images:
-        case_id = case_id_of(path)
-        if case_id in cases:
-            raise EdgesegError(
-                f"{path}: case '{case_id}' appears twice (also {cases[case_id].image.name}); "
-                "benchmark one channel per case"
-            )
-        cases[case_id] = BenchmarkCase(case_id, path, None, image_shape(path))
-    return list(cases.values())
+    return [
+        BenchmarkCase(case_id, path, None, image_shape(path))
+        for case_id, path in zip(case_ids(images), images, strict=True)
+    ]
 
 
 def match_ground_truth(
@@ -244,13 +255,14 @@ def match_ground_truth(
     """
     if not gt_dir.is_dir():
         raise EdgesegError(f"{gt_dir}: ground-truth folder does not exist")
-    labels = {case_id_of(p): p for p in sorted(gt_dir.iterdir()) if _is_image(p)}
+    # Label files carry no channel suffix: match on the name without extension only.
+    labels = {strip_image_suffix(p.name): p for p in sorted(gt_dir.iterdir()) if _is_image(p)}
     if not labels:
         raise EdgesegError(f"{gt_dir}: no label files found")
     matched: list[BenchmarkCase] = []
     unmatched: list[str] = []
     for case in cases:
-        label = labels.get(case.case_id)
+        label = labels.get(case.case_id) or labels.get(strip_image_suffix(case.image.name))
         if label is None:
             unmatched.append(case.case_id)
         matched.append(BenchmarkCase(case.case_id, case.image, label, case.shape))

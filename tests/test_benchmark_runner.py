@@ -246,18 +246,40 @@ def test_case_discovery_and_ground_truth_matching(tmp_path: Path) -> None:
     assert case_id_of(Path("x/case_0001_0000.nii.gz")) == "case_0001"
 
 
+def test_case_names_with_and_without_channel_suffix(tmp_path: Path) -> None:
+    # plain FLARE-style names: "_0001" is part of the case name, not a channel
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for name in ("FLARE22_Tr_0001.nii.gz", "FLARE22_Tr_0002.nii.gz"):
+        _write_volume(plain / name)
+    assert [c.case_id for c in discover_cases(plain)] == ["FLARE22_Tr_0001", "FLARE22_Tr_0002"]
+    # nnU-Net names: synth writes synth_0000_0000.nii.gz with label synth_0000.nii.gz
+    nnunet, labels = tmp_path / "nnunet", tmp_path / "labels"
+    nnunet.mkdir()
+    labels.mkdir()
+    for i in range(2):
+        _write_volume(nnunet / f"synth_{i:04d}_0000.nii.gz")
+        _write_volume(labels / f"synth_{i:04d}.nii.gz")
+    matched, unmatched = match_ground_truth(discover_cases(nnunet), labels)
+    assert [c.case_id for c in matched] == ["synth_0000", "synth_0001"] and unmatched == []
+    assert matched[1].label == labels / "synth_0001.nii.gz"
+    # a single plain-named case still finds its label by the full name
+    single = tmp_path / "single"
+    single.mkdir()
+    _write_volume(single / "case_0007.nii.gz")
+    matched, unmatched = match_ground_truth(discover_cases(single), plain)
+    assert unmatched == ["case"]
+    _write_volume(labels / "case_0007.nii.gz")
+    matched, unmatched = match_ground_truth(discover_cases(single), labels)
+    assert matched[0].label == labels / "case_0007.nii.gz" and unmatched == []
+
+
 def test_bad_case_folders(tmp_path: Path) -> None:
     with pytest.raises(EdgesegError, match="does not exist"):
         discover_cases(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
     with pytest.raises(EdgesegError, match="empty: no images found"):
         discover_cases(tmp_path / "empty")
-    dup = tmp_path / "dup"
-    dup.mkdir()
-    _write_volume(dup / "a_0000.nii.gz")
-    _write_volume(dup / "a.nii.gz")
-    with pytest.raises(EdgesegError, match="appears twice"):
-        discover_cases(dup)
 
 
 def test_compare_specifications() -> None:
