@@ -10,6 +10,7 @@ accuracy is computed (outside the timed children), then results are written and 
 from __future__ import annotations
 
 import contextlib
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -94,7 +95,8 @@ def run_benchmark_command(
 ) -> None:
     """Run ``edgeseg benchmark``; raises EdgesegError for bad input, RegressionError (exit 1)
     when the gate fails. ``command_for`` replaces the ``edgeseg predict`` child (tests)."""
-    console = console or Console(stderr=False)
+    # Redirected output (CI logs, files) gets a wide table rather than rich's 80 columns.
+    console = console or (Console() if sys.stdout.isatty() else Console(width=160))
     err = Console(stderr=True)
     if time_limit <= 0:
         raise EdgesegError(f"--time-limit must be positive, got {time_limit:g}")
