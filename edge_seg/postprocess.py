@@ -14,8 +14,9 @@ def keep_largest_component(
     """Keep only the largest connected component of each organ label, in place.
 
     Each abdominal organ is one connected structure, so smaller islands of the same label are
-    false positives; their voxels become background (0). Work is done inside each organ's
-    bounding box, so cost scales with the organs, not the scan.
+    false positives; their voxels become background (0). Work is confined to the labelled box
+    of the scan: organ by organ inside each organ's bounding box when those boxes are small
+    (the usual case), else one multi-label pass when stray islands stretch them.
 
     Parameters
     ----------
@@ -26,23 +27,47 @@ def keep_largest_component(
     connectivity : {6, 18, 26}
         Voxel neighbourhood defining "connected".
     """
-    # Organ bounding boxes from one pass over the labelled part of the scan only.
     foreground = _foreground_box(labels)
     if foreground is None:
         return labels
     region = labels[foreground]
     stats = cc3d.statistics(region)
-    boxes = stats["bounding_boxes"]
-    counts = stats["voxel_counts"]
-    wanted = range(1, len(boxes)) if values is None else values
+    boxes, counts = stats["bounding_boxes"], stats["voxel_counts"]
+    wanted = [
+        v
+        for v in (range(1, len(boxes)) if values is None else values)
+        if 0 < v < len(boxes) and counts[v] > 0
+    ]
+    box_voxels = sum(int(np.prod([s.stop - s.start for s in boxes[v]])) for v in wanted)
+    if box_voxels > 2 * region.size:
+        _largest_per_label_one_pass(region, wanted, connectivity)
+        return labels
     for value in wanted:
-        if value <= 0 or value >= len(boxes) or counts[value] == 0:
-            continue
         crop = region[boxes[value]]
         mask = crop == value
         largest = cc3d.largest_k(mask, k=1, connectivity=connectivity, binary_image=True)
         crop[mask & (largest == 0)] = 0
     return labels
+
+
+def _largest_per_label_one_pass(
+    region: np.ndarray, values: Sequence[int], connectivity: int
+) -> None:
+    # Components of all labels at once; a component's label is its mean label value (all its
+    # voxels share one), its size the voxel count; keep the biggest per label in ``values``.
+    components, n = cc3d.connected_components(region, connectivity=connectivity, return_N=True)
+    flat = components.ravel()
+    sizes = np.bincount(flat, minlength=n + 1)
+    sums = np.bincount(flat, weights=region.ravel(), minlength=n + 1)
+    label_of = np.zeros(n + 1, dtype=np.int64)
+    filled = sizes > 0
+    label_of[filled] = np.rint(sums[filled] / sizes[filled]).astype(np.int64)
+    order = np.lexsort((-sizes[1:], label_of[1:])) + 1  # by label, biggest first
+    ordered = label_of[order]
+    first = np.r_[True, ordered[1:] != ordered[:-1]]
+    keep = np.ones(n + 1, dtype=bool)
+    keep[order] = first | ~np.isin(ordered, list(values))
+    region[~keep[components]] = 0
 
 
 def _foreground_box(labels: np.ndarray) -> tuple[slice, ...] | None:

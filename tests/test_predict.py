@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import cc3d
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -112,6 +113,26 @@ def test_keep_largest_component_removes_islands_only() -> None:
     kept = keep_largest_component(labels.copy())
     assert kept[8, 8, 8] == 0
     assert (kept == 1).sum() == 64 and (kept == 2).sum() == 12
+
+
+def test_keep_largest_component_one_pass_matches_organ_by_organ() -> None:
+    # Stray islands all over stretch every organ's box: the one-pass path is taken.
+    rng = np.random.default_rng(3)
+    labels = np.zeros((20, 30, 30), np.uint8)
+    labels[2:9, 3:12, 3:12] = 1
+    labels[10:18, 15:25, 4:10] = 2
+    labels[4:15, 18:28, 16:27] = 3
+    spots = rng.integers(0, labels.size, 300)
+    labels.ravel()[spots] = rng.integers(1, 4, 300)
+    expected = labels.copy()
+    for value in (1, 2, 3):
+        mask = expected == value
+        largest = cc3d.largest_k(mask, k=1, connectivity=26, binary_image=True)
+        expected[mask & (largest == 0)] = 0
+    np.testing.assert_array_equal(keep_largest_component(labels.copy()), expected)
+    only_two = labels.copy()
+    keep_largest_component(only_two, values=[2])
+    assert (only_two == 1).sum() == (labels == 1).sum()  # label 1 untouched
 
 
 # -- the Predictor ---------------------------------------------------------------------------
