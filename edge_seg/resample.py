@@ -359,9 +359,14 @@ def logits_to_labels(
     j = 0
     n_out = out.shape[0]
     for z_start, slab in slabs:
+        constant = slab.strides[-1] == 0 and slab.strides[-2] == 0  # a broadcast filler slab
         for k in range(slab.shape[1]):
             logits_at[z_start + k] = slab[:, k]
-            argmax_at[z_start + k] = np.argmax(slab[:, k], axis=0).astype(np.uint8)
+            if constant:
+                best = np.uint8(np.argmax(slab[:, k, 0, 0]))
+                argmax_at[z_start + k] = np.full(slab.shape[2:], best, dtype=np.uint8)
+            else:
+                argmax_at[z_start + k] = np.argmax(slab[:, k], axis=0).astype(np.uint8)
         available = z_start + slab.shape[1]
         while j < n_out and z1s[j] < available:
             i0, i1, wz = int(z0s[j]), int(z1s[j]), float(wzs[j])
