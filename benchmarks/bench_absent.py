@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "predict_absent.md"
     )
+    parser.add_argument("--note", default="", help="model description for the table")
     args = parser.parse_args()
 
     from edge_seg.io import Volume
@@ -132,6 +133,8 @@ def main() -> None:
         "",
         f"Command: `python benchmarks/bench_absent.py --plain {args.plain.name} --halos "
         f"{args.halos.name} --cases {args.cases}`",
+        "",
+        f"Models: `{args.plain}`, `{args.halos}`" + (f" ({args.note})" if args.note else ""),
         "",
         f"{n_resected} resected and {n_intact} intact cases (phantom seeds {SEED}..."
         f"{SEED + 2 * args.cases - 1}, {args.matrix}x{args.matrix}x{args.slices}, 1.5x1.5x2.5 mm), "

@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "predict_crop.md"
     )
+    parser.add_argument("--note", default="", help="model description for the table")
     args = parser.parse_args()
 
     from edge_seg.io import Volume
@@ -92,6 +93,8 @@ def main() -> None:
         "",
         f"Command: `python benchmarks/bench_crop.py --model {args.model.name} --middle "
         f"{args.middle}`",
+        "",
+        f"Model: `{args.model}`" + (f" ({args.note})" if args.note else ""),
         "",
         f"Phantom CTs, {args.matrix}x{args.matrix} in-plane, 1.5x1.5x2.5 mm, scan range placed "
         "as the synthetic protocol does. Time: `Predictor.predict` (model loaded "

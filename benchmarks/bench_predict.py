@@ -165,6 +165,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--work", type=Path, default=Path("/tmp/edgeseg_bench_predict"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "predict.md")
+    parser.add_argument("--note", default="", help="model description for the table")
     parser.add_argument("--configs", default="", help="comma-separated row names (default all)")
     # child-process mode
     parser.add_argument("--once", action="store_true", help=argparse.SUPPRESS)
@@ -244,6 +245,8 @@ def main() -> None:
         "",
         f"Command: `python benchmarks/bench_predict.py --model {_rel(args.model)} "
         f"--runs {args.runs}`",
+        "",
+        f"Model: `{_rel(args.model)}`" + (f" ({args.note})" if args.note else ""),
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs; "
         f"every run pinned to {CORES} cores (fresh process, read to written file, "

@@ -91,6 +91,7 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "predict_vs_nnunet.md"
     )
+    parser.add_argument("--note", default="", help="model description for the table")
     args = parser.parse_args()
 
     images = args.work / "imagesTs"
@@ -173,6 +174,9 @@ def main() -> None:
         "",
         f"Command: `python benchmarks/bench_vs_nnunet.py --cases {args.cases} --matrix "
         f"{args.matrix}`",
+        "",
+        f"Model: `{args.model}` exported from `{args.results}`"
+        + (f" ({args.note})" if args.note else ""),
         "",
         f"{args.cases} phantom CTs (seeds {SEED}..{SEED + args.cases - 1}, {args.matrix}x"
         f"{args.matrix} in-plane, protocol slice count). Whole folder per fresh process, pinned "
