@@ -114,8 +114,25 @@ def presence_prior(bundle: Bundle) -> np.ndarray | None:
     return np.ones((1, len(bundle.presence_input)), dtype=np.float32)
 
 
-def network_inputs(patch: np.ndarray, bundle: Bundle) -> list[np.ndarray]:
+def calibration_prior(bundle: Bundle, index: int) -> np.ndarray | None:
+    """Presence prior for the ``index``-th calibration sample (None without a presence input).
+
+    The prior feeds DAFT scale/shift layers, so their INT8 ranges must cover every prior users
+    give: all present (most samples), one organ absent (in turn), all unknown (0.5).
+    """
     prior = presence_prior(bundle)
+    if prior is None:
+        return None
+    kind = index % 4
+    if kind == 1:
+        prior[0, (index // 4) % prior.shape[1]] = 0.0
+    elif kind == 3:
+        prior[:] = 0.5
+    return prior
+
+
+def network_inputs(patch: np.ndarray, bundle: Bundle, index: int = 0) -> list[np.ndarray]:
+    prior = calibration_prior(bundle, index)
     return [patch] if prior is None else [patch, prior]
 
 
@@ -127,7 +144,7 @@ def patch_set(
     for volume in volumes:
         array = preprocessed_array(volume, bundle)
         for patch, start in patches_from_array(array, bundle.patch_size, patches_per_image):
-            inputs.append(network_inputs(patch, bundle))
+            inputs.append(network_inputs(patch, bundle, len(inputs)))
             sources.append(f"{volume.name}@{','.join(map(str, start))}")
     return PatchSet(inputs=inputs, sources=sources)
 

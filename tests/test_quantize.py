@@ -179,3 +179,17 @@ def test_quantize_without_nncf_names_the_extra(exported, tmp_path) -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 2
     assert "'export' extra" in result.stderr and "nncf" in result.stderr
+
+
+def test_presence_priors_cover_present_absent_and_unknown(exported) -> None:
+    from export.calibration import calibration_prior
+
+    bundle = load_bundle(exported["bundle"])
+    assert calibration_prior(bundle, 0) is None  # no presence input, no prior
+    bundle.presence_input = ["gallbladder", "kidney_right", "kidney_left"]
+    priors = [calibration_prior(bundle, i) for i in range(12)]
+    assert all(p.shape == (1, 3) and p.dtype == np.float32 for p in priors)
+    values = np.concatenate(priors)
+    assert {0.0, 0.5, 1.0} == set(np.unique(values).tolist())
+    absent = {int(np.flatnonzero(p[0] == 0)[0]) for p in priors if (p == 0).any()}
+    assert absent == {0, 1, 2}  # each organ is absent in some calibration sample
