@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_predict import DEFAULT_MODEL, dice_per_organ  # noqa: E402
+from bench_predict import DEFAULT_MODEL, command_line, dice_per_organ  # noqa: E402
 
 from evaluator.atomic import write_text_atomic  # noqa: E402
 from evaluator.labels import FLARE_LABELS  # noqa: E402
@@ -131,8 +131,7 @@ def main() -> None:
     lines = [
         "# Absent-organ prior: gallbladder after cholecystectomy (phantoms)",
         "",
-        f"Command: `python benchmarks/bench_absent.py --plain {args.plain.name} --halos "
-        f"{args.halos.name} --cases {args.cases}`",
+        f"Command: `{command_line()}`",
         "",
         f"Models: `{args.plain}`, `{args.halos}`" + (f" ({args.note})" if args.note else ""),
         "",

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_predict import DEFAULT_MODEL, dice_per_organ  # noqa: E402
+from bench_predict import DEFAULT_MODEL, command_line, dice_per_organ  # noqa: E402
 
 from evaluator.atomic import write_text_atomic  # noqa: E402
 
@@ -91,8 +91,7 @@ def main() -> None:
     lines = [
         "# Test-time slice cropping (`--crop`)",
         "",
-        f"Command: `python benchmarks/bench_crop.py --model {args.model.name} --middle "
-        f"{args.middle}`",
+        f"Command: `{command_line()}`",
         "",
         f"Model: `{args.model}`" + (f" ({args.note})" if args.note else ""),
         "",

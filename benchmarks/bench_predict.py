@@ -243,8 +243,7 @@ def main() -> None:
     lines = [
         "# `edgeseg predict`: end to end on a 512x512x300 phantom CT",
         "",
-        f"Command: `python benchmarks/bench_predict.py --model {_rel(args.model)} "
-        f"--runs {args.runs}`",
+        f"Command: `{command_line()}`",
         "",
         f"Model: `{_rel(args.model)}`" + (f" ({args.note})" if args.note else ""),
         "",
@@ -275,6 +274,18 @@ def main() -> None:
     lines += ["", "Targets (issue 5): int8 median <= 5 s, peak RSS <= 1500 MB.", ""]
     write_text_atomic(args.out, "\n".join(lines))
     print("\n".join(lines))
+
+
+def command_line() -> str:
+    """The command that produced a table, as typed from the repository root."""
+    import shlex
+
+    script = Path(sys.argv[0]).resolve()
+    try:
+        script_text = str(script.relative_to(ROOT))
+    except ValueError:
+        script_text = str(script)
+    return " ".join(["python", script_text, *(shlex.quote(a) for a in sys.argv[1:])])
 
 
 def _rel(path: Path) -> str:

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_predict import DEFAULT_MODEL, dice_per_organ, pinned  # noqa: E402
+from bench_predict import DEFAULT_MODEL, command_line, dice_per_organ, pinned  # noqa: E402
 
 from edge_seg.profiling import run_monitored  # noqa: E402
 from evaluator.atomic import write_text_atomic  # noqa: E402
@@ -172,8 +172,7 @@ def main() -> None:
     lines = [
         "# edgeseg vs nnU-Net v2's predictor (same checkpoint, same cases, 2 cores)",
         "",
-        f"Command: `python benchmarks/bench_vs_nnunet.py --cases {args.cases} --matrix "
-        f"{args.matrix}`",
+        f"Command: `{command_line()}`",
         "",
         f"Model: `{args.model}` exported from `{args.results}`"
         + (f" ({args.note})" if args.note else ""),
