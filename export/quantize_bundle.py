@@ -104,6 +104,8 @@ def quantize_bundle(
         f"held out: {len(holdout_volumes)} images")
     names = [v.name for v in holdout_volumes]
 
+    for stale in bundle_dir.glob(".quantize.*"):  # left by a killed run; never listed in files
+        shutil.rmtree(stale, ignore_errors=True)
     work = Path(tempfile.mkdtemp(prefix=".quantize.", dir=bundle_dir))
     try:
         fp32_name = bundle.files["fp32"]
