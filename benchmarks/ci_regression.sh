@@ -10,7 +10,8 @@
 # Usage:
 #   benchmarks/ci_regression.sh                    # gate (exit 1 on regression)
 #   benchmarks/ci_regression.sh --update-baseline  # re-measure and rewrite the baseline
-# Environment: PYTHON (default: python), RESULTS (folder to keep the results in).
+# Environment: PYTHON (default: python), RESULTS (folder to keep the results in),
+# MODEL (a bundle to use instead of the embedded one; for trying the script only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +31,9 @@ RESULTS=${RESULTS:-$WORK/results}
 
 ARGS=(benchmark "$WORK/phantoms/imagesTr" --gt "$WORK/phantoms/labelsTr"
       --time-limit 120 --output "$RESULTS" --no-plots)
+if [[ -n "${MODEL:-}" ]]; then
+    ARGS+=(--model "$MODEL")
+fi
 
 if [[ "${1:-}" == "--update-baseline" ]]; then
     "$PYTHON" -m edge_seg "${ARGS[@]}"
