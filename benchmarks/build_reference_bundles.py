@@ -119,6 +119,49 @@ def main() -> None:
                 "--images", str(holdout))
         edgeseg("quantize", str(target), *quantize)
 
+    write_export_report(args, [args.out / "flare_ct_plain", args.work / "flare_ct_plain_axiswise",
+                               args.out / "halos_ct"])
+
+
+def write_export_report(args: argparse.Namespace, bundles: list[Path]) -> None:
+    """benchmarks/results/quantize_export_check.md: ONNX vs PyTorch and the fidelity summary."""
+    from edge_seg.bundle import load_bundle
+    from evaluator.atomic import write_text_atomic
+
+    lines = ["# Export check and INT8 fidelity of the reference bundles", "",
+             "Command: `python benchmarks/build_reference_bundles.py "
+             f"--calib-cases {args.calib_cases} --holdout-cases {args.holdout_cases} "
+             f"--patches-per-image {args.patches_per_image}`", "",
+             "ONNX Runtime vs PyTorch on a real preprocessed patch (held-out phantom), "
+             "max abs difference per output:", "",
+             "| bundle | instance norm in graph | max abs diff | max abs logit | patch |",
+             "|---|---|---|---|---|"]
+    loaded = []
+    for folder in bundles:
+        if not (folder / "edgeseg.json").is_file():
+            continue
+        bundle = load_bundle(folder)
+        loaded.append((folder, bundle))
+        check = bundle.provenance["onnx_check"]
+        diffs = ", ".join(f"{k} {v:.2e}" for k, v in check["max_abs_diff"].items())
+        scale = ", ".join(f"{v:.1f}" for v in check["max_abs_output"].values())
+        lines.append(f"| {folder.name} | {check['instance_norm']} | {diffs} | {scale} | "
+                     f"{check['patch_source']} |")
+    lines += ["", "INT8 vs fp32 label agreement (`edgeseg quantize`, Predictor on whole "
+              "held-out phantoms, same backend):", "",
+              "| bundle | variant | mean Dice | worst organ | int8/fp32 time (whole case) | "
+              "shipped |", "|---|---|---|---|---|---|"]
+    for folder, bundle in loaded:
+        for name, rep in bundle.fidelity.get("variants", {}).items():
+            lines.append(
+                f"| {folder.name} | {name} | {rep['mean_dice']:.4f} | {rep['worst_class']} "
+                f"{rep['worst_dice']:.4f} | {rep['latency_ratio_int8_vs_fp32']} | "
+                f"{'yes' if rep['passed'] else 'no'} |")
+    target = Path("benchmarks/results/quantize_export_check.md")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(target, "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
 
 if __name__ == "__main__":
     main()
