@@ -231,14 +231,14 @@ def main() -> None:
         str(cli_out),
         "--model",
         str(args.model),
-        "--precision",
-        "int8",
         "--threads",
         str(CORES),
         "-q",
     ]
     times, peaks, _ = measure(cli, args.runs)
-    rows.append(("`edgeseg predict` CLI, int8", times, peaks, [], mean_dice(cli_out, truth)))
+    auto = choose_model(bundle, "openvino", "auto").precision
+    name = f"`edgeseg predict` CLI, defaults (openvino {auto})"
+    rows.append((name, times, peaks, [], mean_dice(cli_out, truth)))
 
     lines = [
         "# `edgeseg predict`: end to end on a 512x512x300 phantom CT",

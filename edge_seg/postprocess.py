@@ -53,15 +53,13 @@ def keep_largest_component(
 def _largest_per_label_one_pass(
     region: np.ndarray, values: Sequence[int], connectivity: int
 ) -> None:
-    # Components of all labels at once; a component's label is its mean label value (all its
-    # voxels share one), its size the voxel count; keep the biggest per label in ``values``.
+    # Components of all labels at once; every voxel of a component has the component's label,
+    # so scattering the labels by component id records it (no float64 weights: memory).
     components, n = cc3d.connected_components(region, connectivity=connectivity, return_N=True)
     flat = components.ravel()
     sizes = np.bincount(flat, minlength=n + 1)
-    sums = np.bincount(flat, weights=region.ravel(), minlength=n + 1)
     label_of = np.zeros(n + 1, dtype=np.int64)
-    filled = sizes > 0
-    label_of[filled] = np.rint(sums[filled] / sizes[filled]).astype(np.int64)
+    label_of[flat] = region.ravel()
     order = np.lexsort((-sizes[1:], label_of[1:])) + 1  # by label, biggest first
     ordered = label_of[order]
     first = np.r_[True, ordered[1:] != ordered[:-1]]
