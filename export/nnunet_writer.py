@@ -218,7 +218,9 @@ def nnunet_checkpoint(
     """
     ema = training_log.get("ema_fg_dice") or []
     return {
-        "network_weights": {k: v.detach().cpu().clone() for k, v in network_weights.items()},
+        # No clone: PlainConvUNet's decoder holds the encoder too, so its state_dict names each
+        # encoder tensor twice; sharing storage keeps torch.save from writing them twice.
+        "network_weights": {k: v.detach().cpu() for k, v in network_weights.items()},
         "optimizer_state": optimizer_state,
         "grad_scaler_state": None,
         "logging": training_log,
