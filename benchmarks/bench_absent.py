@@ -69,7 +69,7 @@ def main() -> None:
     plain = make(args.plain)
     plain_excl = make(args.plain, absent_organs=("gallbladder",))
     halos_prior_absent = make(args.halos, absent_organs=("gallbladder",))
-    halos_prior_present = make(args.halos)
+    halos_prior_present = make(args.halos, present_organs=("gallbladder",))
     halos_auto = make(args.halos, presence="auto")
     configs = {
         "plain": lambda resected: plain,

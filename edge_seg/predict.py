@@ -57,6 +57,9 @@ class PredictOptions:
         bundle has one); ``prior``: all organs present except ``absent_organs``.
     threads : int or None
         Inference threads (None: the backend's default, all cores).
+    present_organs : tuple of str or int
+        Organs known to be present (prior 1 for a network with a presence input; organs
+        named in neither list get 0.5, "unknown").
     """
 
     backend: str = "openvino"
@@ -67,6 +70,7 @@ class PredictOptions:
     absent_organs: tuple[str | int, ...] = ()
     presence: str = "prior"
     threads: int | None = None
+    present_organs: tuple[str | int, ...] = ()
 
 
 @dataclass
@@ -135,6 +139,13 @@ class Predictor:
             self.absent = resolve_organs(self.options.absent_organs, self.bundle.labels)
         except ValueError as exc:
             raise EdgesegError(f"--absent: {exc}") from exc
+        try:
+            self.present = resolve_organs(self.options.present_organs, self.bundle.labels)
+        except ValueError as exc:
+            raise EdgesegError(f"--present: {exc}") from exc
+        if set(self.absent) & set(self.present):
+            both = ", ".join(sorted(set(self.absent) & set(self.present)))
+            raise EdgesegError(f"--absent/--present: {both} given as both absent and present")
         self.session: Session = open_session(
             self.bundle, self.options.backend, self.options.precision, self.options.threads
         )
@@ -145,17 +156,20 @@ class Predictor:
 
     # -- presence ---------------------------------------------------------------------------
 
-    def _prior(
-        self, present: dict[str, bool] | None = None, fill: float = 1.0
-    ) -> np.ndarray | None:
-        """Presence vector for the network's prior input: 0 for organs known to be absent,
-        ``fill`` for the others (1 = present; 0.5 = unknown, HALOS's convention)."""
+    def _prior(self, present: dict[str, bool] | None = None) -> np.ndarray | None:
+        """Presence vector for the network's prior input (HALOS convention): 0 for organs
+        known to be absent, 1 for organs known to be present (``present_organs``, or predicted
+        present by the presence head), 0.5 ("unknown") for the rest."""
         if not self.bundle.presence_input:
             return None
-        prior = np.full((1, len(self.bundle.presence_input)), fill, dtype=np.float32)
+        prior = np.full((1, len(self.bundle.presence_input)), PRESENCE_UNKNOWN, np.float32)
         for i, name in enumerate(self.bundle.presence_input):
-            if name in self.absent or (present is not None and not present.get(name, True)):
+            if name in self.absent:
                 prior[0, i] = 0.0
+            elif name in self.present:
+                prior[0, i] = 1.0
+            elif present is not None and name in present:
+                prior[0, i] = 1.0 if present[name] else 0.0
         return prior
 
     def _runner(self, prior: np.ndarray | None, seen: dict[str, float], clock: list[float]):
@@ -206,7 +220,7 @@ class Predictor:
         if self.crop.mode == "auto" or want_auto:
             coarse_seen: dict[str, float] = {}
             # With --presence auto nothing is known yet about the organs not declared absent.
-            prior = self._prior(fill=PRESENCE_UNKNOWN if want_auto else 1.0)
+            prior = self._prior()
             found = coarse_foreground(
                 image, bundle.patch_size, self._runner(prior, coarse_seen, clock)
             )

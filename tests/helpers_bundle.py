@@ -37,7 +37,8 @@ def _onnx_model(patch: Sequence[int], presence: Sequence[str], presence_output: 
     outputs = []
     logits = "raw"
     if presence:
-        # penalty (1, K) = 50 * (presence - 1) @ M, M[j, label of organ j] = 1
+        # penalty (1, K) = 50 * min(2 * presence - 1, 0) @ M, M[j, label of organ j] = 1:
+        # 0 (absent) suppresses the class, 0.5 (unknown) and 1 (present) leave it alone.
         to_class = np.zeros((len(presence), k), np.float32)
         for j, name in enumerate(presence):
             to_class[j, LABELS[name]] = 1.0
@@ -46,12 +47,16 @@ def _onnx_model(patch: Sequence[int], presence: Sequence[str], presence_output: 
         )
         inits += [
             numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+            numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+            numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
             numpy_helper.from_array(np.array(50.0, np.float32), "strength"),
             numpy_helper.from_array(to_class, "to_class"),
             numpy_helper.from_array(np.array([1, k, 1, 1, 1], np.int64), "shape5"),
         ]
         nodes += [
-            helper.make_node("Sub", ["presence", "one"], ["missing"]),
+            helper.make_node("Mul", ["presence", "two"], ["doubled"]),
+            helper.make_node("Sub", ["doubled", "one"], ["centred"]),
+            helper.make_node("Min", ["centred", "zero"], ["missing"]),
             helper.make_node("MatMul", ["missing", "to_class"], ["missing_k"]),
             helper.make_node("Mul", ["missing_k", "strength"], ["penalty_k"]),
             helper.make_node("Reshape", ["penalty_k", "shape5"], ["penalty5"]),

@@ -211,6 +211,15 @@ def test_absent_organ_goes_through_presence_input(halos_bundle: Path, phantom) -
     assert dice(prediction.labels == 1, truth == 1) > 0.6
 
 
+def test_presence_prior_values_follow_halos_convention(halos_bundle: Path) -> None:
+    options = PredictOptions(absent_organs=("spleen",), present_organs=("liver",))
+    predictor = Predictor(halos_bundle, options)
+    assert predictor.bundle.presence_input == ["liver", "kidney_right", "spleen"]
+    np.testing.assert_array_equal(predictor._prior(), [[1.0, 0.5, 0.0]])
+    with pytest.raises(EdgesegError, match="both absent and present"):
+        Predictor(halos_bundle, PredictOptions(absent_organs=("liver",), present_organs=("1",)))
+
+
 def test_absent_organ_outside_presence_vector_is_excluded(tmp_path: Path, phantom) -> None:
     # A presence input that covers the spleen only: an absent liver must still disappear.
     bundle_dir = make_bundle(tmp_path / "partial", presence_input=["spleen"])

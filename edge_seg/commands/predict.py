@@ -56,6 +56,11 @@ def predict(
     absent: list[str] = typer.Option(
         [], "--absent", help="Organ known to be absent (name or label number); repeatable."
     ),
+    present: list[str] = typer.Option(
+        [],
+        "--present",
+        help="Organ known to be present (for models with a presence input); repeatable.",
+    ),
     presence: str = typer.Option(
         "prior", "--presence", help="prior, or auto to use the model's presence head."
     ),
@@ -81,6 +86,7 @@ def predict(
         crop=crop,
         lcc=lcc,
         absent_organs=tuple(absent),
+        present_organs=tuple(present),
         presence=presence,
         threads=threads,
     )
