@@ -6,6 +6,8 @@
 # ACCURACY (mean DSC and NSD, FLARE22 protocol) against the committed baseline
 # benchmarks/baselines/ci.json; a case that finished in the baseline must finish now.
 # Time and memory are reported, not gated: absolute seconds on shared CI machines drift.
+# The fp32 model is gated (pinned, so that adding INT8 variants to the bundle, which changes
+# what --precision auto picks, does not move the baseline).
 #
 # Usage:
 #   benchmarks/ci_regression.sh                    # gate (exit 1 on regression)
@@ -30,7 +32,7 @@ RESULTS=${RESULTS:-$WORK/results}
     --cases "$CASES" --slices "$SLICES" --seed "$SEED"
 
 ARGS=(benchmark "$WORK/phantoms/imagesTr" --gt "$WORK/phantoms/labelsTr"
-      --time-limit 120 --output "$RESULTS" --no-plots)
+      --time-limit 120 --output "$RESULTS" --no-plots --precision fp32)
 if [[ -n "${MODEL:-}" ]]; then
     ARGS+=(--model "$MODEL")
 fi
