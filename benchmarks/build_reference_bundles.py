@@ -87,6 +87,8 @@ def main() -> None:
     parser.add_argument("--holdout-cases", type=int, default=3)
     parser.add_argument("--patches-per-image", type=int, default=4)
     parser.add_argument("--only", default="plain,halos")
+    parser.add_argument("--no-accuracy-aware", action="store_true",
+                        help="skip NNCF's accuracy-aware fallback (minutes per model)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/edgeseg_ref"))
     args = parser.parse_args()
 
@@ -94,6 +96,8 @@ def main() -> None:
     holdout = write_phantoms(args.work / "holdout", HOLDOUT_SEED, args.holdout_cases)
     quantize = ["--calib", str(calib), "--holdout", str(holdout),
                 "--patches-per-image", str(args.patches_per_image)]
+    if args.no_accuracy_aware:
+        quantize.append("--no-accuracy-aware")
     only = set(args.only.split(","))
 
     if "plain" in only:
@@ -131,7 +135,8 @@ def write_export_report(args: argparse.Namespace, bundles: list[Path]) -> None:
     lines = ["# Export check and INT8 fidelity of the reference bundles", "",
              "Command: `python benchmarks/build_reference_bundles.py "
              f"--calib-cases {args.calib_cases} --holdout-cases {args.holdout_cases} "
-             f"--patches-per-image {args.patches_per_image}`", "",
+             f"--patches-per-image {args.patches_per_image}"
+             f"{' --no-accuracy-aware' if args.no_accuracy_aware else ''}`", "",
              "ONNX Runtime vs PyTorch on a real preprocessed patch (held-out phantom), "
              "max abs difference per output:", "",
              "| bundle | instance norm in graph | max abs diff | max abs logit | patch |",

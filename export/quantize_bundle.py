@@ -86,6 +86,7 @@ def quantize_bundle(
     bar: float = AGREEMENT_BAR,
     mixed_fallback: bool = True,
     threads: int | None = None,
+    accuracy_aware: bool = True,
     log: Callable[[str], None] = print,
 ) -> Bundle:
     """Quantise ``bundle_dir`` in place and return the updated bundle (see module doc)."""
@@ -120,7 +121,7 @@ def quantize_bundle(
             attempts = [(key, 0)]
             if mixed_fallback:
                 attempts.append((f"{key}_mixed", 1))
-                if backend == OPENVINO:
+                if backend == OPENVINO and accuracy_aware:
                     attempts.append((f"{key}_accuracy_aware", ACCURACY_AWARE))
             for variant, keep_fp in attempts:
                 log(f"{variant}: quantising ({backend})")

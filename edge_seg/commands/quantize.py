@@ -51,6 +51,10 @@ def register(app: typer.Typer) -> None:
             False, "--no-mixed", help="Do not try the mixed-precision fallback."
         ),
         threads: int | None = typer.Option(None, "--threads", help="Inference threads."),
+        no_accuracy_aware: bool = typer.Option(
+            False, "--no-accuracy-aware", help="Skip NNCF's accuracy-aware fallback (slow: "
+            "minutes per model)."
+        ),
     ) -> None:
         """Post-training INT8 (OpenVINO via NNCF, ONNX Runtime QDQ) with a fidelity report."""
         backends = [part for value in backend for part in value.split(",") if part]
@@ -59,6 +63,6 @@ def register(app: typer.Typer) -> None:
         from export.quantize_bundle import quantize_bundle
 
         result = quantize_bundle(bundle, calib, holdout, backends, patches_per_image, bar,
-                                 not no_mixed, threads, log=typer.echo)
+                                 not no_mixed, threads, not no_accuracy_aware, log=typer.echo)
         typer.echo(format_report(result.fidelity))
         typer.echo(f"validated precisions: {', '.join(result.validated_precisions)}")
