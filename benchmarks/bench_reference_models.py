@@ -9,7 +9,8 @@ training spacing (3 mm) on a 96 x 128 x 128 grid, every second case with the gal
 
 Engines
 -------
-``bundle`` (default when the bundles exist): the shipped bundles through the edgeseg runtime
+``bundle`` (default when a bundle exists; a condition whose bundle is missing is skipped):
+    the shipped bundles through the edgeseg runtime
     (``edge_seg.predict.Predictor``, fp32 unless ``--precision``), so the numbers describe what
     ships. Conditions: plain model; plain model told ``--absent gallbladder`` on resection cases
     (class exclusion); HALOS model with the prior (0 for a resected gallbladder, 1 otherwise);
@@ -136,7 +137,7 @@ def torch_predictions(
 
 
 def bundle_predictions(
-    cases: list[dict[str, Any]], precision: str
+    cases: list[dict[str, Any]], precision: str, plain_bundle: Path, halos_bundle: Path
 ) -> dict[str, list[np.ndarray]]:
     from edge_seg.io import Volume
     from edge_seg.predict import PredictOptions, Predictor
@@ -147,13 +148,16 @@ def bundle_predictions(
                       tuple(p.direction), None)
 
     conditions = {
-        "plain": (PLAIN_BUNDLE, {}, False),
-        "plain_absent_flag": (PLAIN_BUNDLE, {}, True),
-        "halos_prior": (HALOS_BUNDLE, {}, True),
-        "halos_auto": (HALOS_BUNDLE, {"presence": "auto"}, False),
+        "plain": (plain_bundle, {}, False),
+        "plain_absent_flag": (plain_bundle, {}, True),
+        "halos_prior": (halos_bundle, {}, True),
+        "halos_auto": (halos_bundle, {"presence": "auto"}, False),
     }
     out: dict[str, list[np.ndarray]] = {}
     for name, (bundle, extra, use_prior) in conditions.items():
+        if not (bundle / "edgeseg.json").is_file():
+            print(f"  {name}: skipped, no bundle at {bundle}", flush=True)
+            continue
         out[name] = []
         for case in cases:
             absent = tuple(case["resected"]) if use_prior else ()
@@ -222,15 +226,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     parser.add_argument("--models", default=str(REPO / "reference_models"),
                         help="trained reference models (torch engine)")
+    parser.add_argument("--plain-bundle", default=str(PLAIN_BUNDLE))
+    parser.add_argument("--halos-bundle", default=str(HALOS_BUNDLE))
     args = parser.parse_args(argv)
     engine = args.engine
     if engine == "auto":
-        have = all((b / "edgeseg.json").is_file() for b in (PLAIN_BUNDLE, HALOS_BUNDLE))
+        have = any((Path(b) / "edgeseg.json").is_file()
+                   for b in (args.plain_bundle, args.halos_bundle))
         engine = "bundle" if have else "torch"
     t0 = time.perf_counter()
     cases = eval_cases(args.cases)
     if engine == "bundle":
-        predictions = bundle_predictions(cases, args.precision)
+        predictions = bundle_predictions(
+            cases, args.precision, Path(args.plain_bundle), Path(args.halos_bundle)
+        )
     else:
         predictions = torch_predictions(cases, Path(args.models))
     results = {
