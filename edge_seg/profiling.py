@@ -11,7 +11,11 @@ and keeps the tail of stderr of a command that fails.
 Two figures come from the kernel rather than from sampling, because the kernel sees every
 instant: total CPU time (user + system of the command and its waited-for descendants, from
 ``wait4``) and the command's own peak resident set (``ru_maxrss``). The sampled peak can miss a
-spike shorter than the interval; the kernel peak cannot, but covers one process only.
+spike shorter than the interval; the kernel peak cannot, but covers one process only. On Linux
+the kernel peak also inherits the *launching* process's own high-water mark (the memory counter
+is carried across ``fork`` and ``exec``), so it is only a faithful per-command figure when the
+launcher is small, as ``edgeseg benchmark`` is; inside a large process (a test runner that has
+grown to a gigabyte) it reads at least that process's peak.
 """
 
 from __future__ import annotations

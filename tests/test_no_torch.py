@@ -26,7 +26,8 @@ def test_runtime_and_evaluator_import_without_torch() -> None:
         "    if name.endswith('__main__'):\n"
         "        continue\n"
         "    importlib.import_module(name)\n"
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'nnunetv2', 'nncf'})\n"
+        "heavy_roots = {'torch', 'nnunetv2', 'nncf'}\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in heavy_roots)\n"
         "print(','.join(heavy))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import resource
 import sys
 import textwrap
 
@@ -72,8 +73,12 @@ def test_memory_of_grandchildren_is_counted() -> None:
     assert result.peak_rss_mb >= 250.0
     assert max(s.processes for s in result.samples) >= 3
     # The kernel's peak covers one process at a time (here a grandchild): only the tree sum
-    # sees both allocations at once.
-    assert 125.0 <= result.kernel_max_rss_mb < 250.0
+    # sees both allocations at once. Linux carries the launcher's own high-water mark into the
+    # child across fork+exec, so when this test process has grown large (late in a full suite)
+    # the kernel figure reads that instead; it can never exceed it.
+    assert result.kernel_max_rss_mb >= 125.0
+    launcher_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    assert result.kernel_max_rss_mb < max(250.0, launcher_peak_mb + 1.0)
 
 
 def test_cpu_use_of_a_busy_child_is_about_one_core() -> None:
