@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,19 +31,28 @@ from evaluator.labels import FLARE_LABELS, canonical_organ_name
 
 @dataclass(frozen=True)
 class LabelSet:
-    """Organ name -> inclusive range of label values."""
+    """Organ name -> inclusive range of label values.
+
+    ``nominal`` holds the value a convention writes for an organ whose range is wider than one
+    value (CHAOS MR: liver 63 in 55-70); organs not in it are reported by the lower end of
+    their range.
+    """
 
     name: str
     ranges: Mapping[str, tuple[int, int]]
     ignore_unlisted: bool = False
+    nominal: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def organs(self) -> list[str]:
         return list(self.ranges)
 
     def representative_value(self, organ: str) -> int:
-        """The value written for ``organ`` (the lower end of its range)."""
-        return self.ranges[organ][0]
+        """The value written for ``organ`` (its nominal value, else the lower end of its range).
+
+        This is the ``label`` column of ``cases.csv``.
+        """
+        return self.nominal.get(organ, self.ranges[organ][0])
 
 
 def _exact(table: Mapping[str, int]) -> dict[str, tuple[int, int]]:
@@ -71,7 +80,7 @@ PRESETS: dict[str, LabelSet] = {
     "chaos_mr": LabelSet("chaos_mr", {
         "liver": (55, 70), "kidney_right": (110, 135), "kidney_left": (175, 200),
         "spleen": (240, 255),
-    }),
+    }, nominal={"liver": 63, "kidney_right": 126, "kidney_left": 189, "spleen": 252}),
     "totalsegmentator": LabelSet("totalsegmentator", _exact(_TOTALSEG_CT), ignore_unlisted=True),
     "totalsegmentator_mr": LabelSet("totalsegmentator_mr", _exact(_TOTALSEG_MR),
                                     ignore_unlisted=True),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +22,7 @@ import numpy as np
 from evaluator.adapters import chaos, nifti
 from evaluator.adapters.base import CaseSpec, LabelFile, describe, load_volume
 from evaluator.errors import EvaluationError
-from evaluator.labels import FLARE_LABELS
+from evaluator.labels import FLARE_LABELS, FLARE_NSD_TOLERANCE_MM, canonical_organ_name
 from evaluator.labelsets import (
     PRESETS,
     LabelSet,
@@ -40,7 +40,12 @@ FORMATS = ("auto", "flare", "nnunet", "msd", "chaos", "ukb")
 
 @dataclass
 class EvaluationOptions:
-    """Options of one evaluation run (the CLI flags of ``edgeseg evaluate``)."""
+    """Options of one evaluation run (the CLI flags of ``edgeseg evaluate``).
+
+    ``nsd_tolerance_mm`` overrides the protocol's NSD tolerance per organ (any spelling that
+    :func:`~evaluator.labels.canonical_organ_name` knows); an organ that no label table knows
+    is refused by :func:`evaluate` (see :func:`check_nsd_overrides`).
+    """
 
     format: str = "auto"
     protocol: str = DEFAULT_PROTOCOL
@@ -217,6 +222,28 @@ def plan_jobs(cases: list[CaseSpec], options: EvaluationOptions, protocol: Proto
     ]
 
 
+def check_nsd_overrides(overrides: Mapping[str, float], jobs: Sequence[_CaseJob]) -> None:
+    """Refuse an NSD tolerance override for an organ nobody knows (most likely a typo).
+
+    An organ is known if it has a FLARE tolerance or label, or belongs to a preset or to a
+    label set of this run (a JSON label file may add structures). A known organ that this run
+    does not evaluate is accepted, so one command line can serve several datasets.
+    """
+    known = set(FLARE_NSD_TOLERANCE_MM) | set(FLARE_LABELS)
+    known |= {o for s in PRESETS.values() for o in s.organs}
+    for job in jobs:
+        known |= set(job.pred_labels.organs)
+        if job.gt_labels is not None:
+            known |= set(job.gt_labels.organs)
+    unknown = [organ for organ in overrides if organ not in known]
+    if unknown:
+        evaluated = list(dict.fromkeys(o for job in jobs for o in job.organ_ids))
+        raise EvaluationError(
+            f"NSD tolerance given for unknown organ {unknown[0]!r}; organs in this run: "
+            f"{', '.join(evaluated)}"
+        )
+
+
 def score_job(job: _CaseJob) -> _CaseOutcome:
     """Read, map and score one case (runs in a worker process when --workers > 1)."""
     spec = job.spec
@@ -284,9 +311,12 @@ def evaluate(
 
     ``progress`` is called with each case id once it is scored.
     """
-    protocol = get_protocol(options.protocol, options.nsd_tolerance_mm)
+    overrides = {canonical_organ_name(organ): mm
+                 for organ, mm in options.nsd_tolerance_mm.items()}
+    protocol = get_protocol(options.protocol, overrides)
     fmt, cases, ignored = discover_cases(gt_root, pred_root, options)
     jobs = plan_jobs(cases, options, protocol, fmt)
+    check_nsd_overrides(overrides, jobs)
     cpus = os.cpu_count() or 1
     workers = max(1, min(int(options.workers), len(jobs), cpus))
     # Cores not used by case processes score organs in threads.

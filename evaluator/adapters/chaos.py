@@ -2,14 +2,23 @@
 
 Accepted ground-truth roots: the ``Train_Sets`` folder (holding ``CT/`` and/or ``MR/``), a
 modality folder (``CT/`` or ``MR/``), or one case folder holding ``DICOM_anon/`` and
-``Ground/``. MR cases are ``MR/<id>/T1DUAL`` (geometry from ``DICOM_anon/InPhase``) and
-``MR/<id>/T2SPIR``.
+``Ground/`` (a CT case or one MR sequence folder; an MR patient folder ``MR/<id>`` itself is
+not a case folder).
 
-Case ids: the path below the root with ``/`` replaced by ``_`` (``CT_1``, ``MR_3_T2SPIR``), or
-the folder name for a single case. A prediction for a case is, in this order of preference:
-``PRED/<id>.nii.gz`` (or another NIfTI/MHA/NRRD suffix; array in CHAOS file-name slice
-order), a PNG folder ``PRED/<relative path>/`` or ``PRED/<relative path>/Segmentation/`` or
-``PRED/<id>/``, or - for a single case - PNG slices directly in ``PRED``.
+MR sequences: every MR patient gives two cases, scored independently and each against its own
+``Ground/``: ``MR/<id>/T1DUAL`` and ``MR/<id>/T2SPIR`` (a patient with only one of them gives
+one case). The two are separate acquisitions with their own slice count and spacing, so they
+are never merged; summaries pool them as cases of the same organs. T1DUAL has one ground truth
+for its co-registered in-phase and opposed-phase echoes, so it is scored once, with the
+geometry of ``DICOM_anon/InPhase``; ``OutPhase`` is not read.
+
+Case ids: the path below the root with ``/`` replaced by ``_`` (``CT_1``, ``MR_3_T1DUAL``,
+``MR_3_T2SPIR``), or the folder name for a single case. A prediction for a case is, in this
+order of preference: ``PRED/<id>.nii.gz`` (or another NIfTI/MHA/NRRD suffix; array in CHAOS
+file-name slice order, FLARE label numbers), else a folder of PNG slices (CHAOS grey values)
+- for a single case ``PRED`` itself - or ``PRED/<relative path>/`` then its subfolders
+``Results/`` (the CHAOS submission layout, ``MR/3/T1DUAL/Results``), ``Segmentation/`` or
+``Ground/`` (a copy of the ground-truth tree), else ``PRED/<id>/``.
 """
 
 from __future__ import annotations
@@ -18,6 +27,9 @@ from pathlib import Path
 
 from evaluator.adapters.base import CaseSpec, ChaosSeries, LabelFile
 from evaluator.volumes import NIFTI_SUFFIXES, png_files
+
+#: PNG prediction subfolders of a case folder, in order of preference.
+PREDICTION_SUBFOLDERS = ("Results", "Segmentation", "Ground")
 
 
 def is_chaos_case(folder: Path) -> bool:
@@ -67,7 +79,9 @@ def _find_prediction(pred_root: Path, case_id: str, relative: Path,
         candidate = pred_root / f"{case_id}{suffix}"
         if candidate.is_file():
             return LabelFile(candidate)
-    folders = [pred_root / relative, pred_root / relative / "Segmentation", pred_root / case_id]
+    folders = [pred_root / relative]
+    folders += [pred_root / relative / name for name in PREDICTION_SUBFOLDERS]
+    folders.append(pred_root / case_id)
     if single:
         folders.insert(0, pred_root)
     for folder in folders:
