@@ -150,7 +150,14 @@ def quantize_bundle(
         files = {k: v for k, v in bundle.files.items() if k not in stale}
         files.update(chosen)
         bundle.files = files
-        bundle.validated_precisions = ["fp32", *chosen]
+        # A run over some backends keeps what earlier runs validated and reported for the others.
+        kept = [p for p in bundle.validated_precisions if p != "fp32" and p not in stale]
+        bundle.validated_precisions = ["fp32", *kept, *chosen]
+        earlier = {
+            name: report for name, report in bundle.fidelity.get("variants", {}).items()
+            if report.get("backend") not in backends
+        }
+        variants = {**earlier, **variants}
         bundle.fidelity = {
             "bar_mean_dice": bar,
             "measured_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -79,6 +79,23 @@ def test_quantize_adds_validated_variants_and_report(exported, tmp_path, capsys)
     assert not [p for p in bundle_dir.iterdir() if p.name.startswith(".quantize")]
 
 
+def test_quantizing_one_backend_keeps_the_other_backends_variant(exported, tmp_path,
+                                                                 capsys) -> None:
+    bundle_dir = fresh_bundle(exported, tmp_path)
+    common = ["--calib", str(exported["images"]), "--patches-per-image", "1", "--bar", "0",
+              "--no-mixed"]
+    code, _, err = run_cli(["quantize", str(bundle_dir), "--backend", "onnxruntime", *common],
+                           capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["quantize", str(bundle_dir), "--backend", "openvino", *common],
+                           capsys)
+    assert code == 0, err
+    bundle = load_bundle(bundle_dir)
+    assert set(bundle.validated_precisions) == {"fp32", "int8_onnx", "int8_openvino"}
+    assert {r["backend"] for r in bundle.fidelity["variants"].values()} == {
+        "onnxruntime", "openvino"}
+
+
 def test_variant_below_the_bar_is_not_shipped(exported, tmp_path, capsys) -> None:
     bundle_dir = fresh_bundle(exported, tmp_path)
     holdout = tmp_path / "holdout"
