@@ -16,7 +16,7 @@ from helpers_bundle import LABELS, make_bundle, make_phantom
 
 from edge_seg.backends.base import choose_model
 from edge_seg.bundle import load_bundle
-from edge_seg.crop import parse_crop
+from edge_seg.crop import coarse_foreground, parse_crop
 from edge_seg.errors import EdgesegError
 from edge_seg.io import Volume
 from edge_seg.postprocess import keep_largest_component
@@ -103,6 +103,33 @@ def test_logits_to_labels_equals_full_resampling_then_argmax() -> None:
     slabs = ((z, logits[:, z : z + 2]) for z in range(0, net_shape[0], 2))
     labels = logits_to_labels(slabs, net_shape, out_shape, (1, 1, 1), (0.4, 0.47, 0.46), range(4))
     np.testing.assert_array_equal(labels, full.argmax(0))
+
+
+def test_coarse_foreground_is_argmax_not_background_including_ties() -> None:
+    rng = np.random.default_rng(4)
+    image = rng.standard_normal((1, 20, 30, 30)).astype(np.float32)
+    tiles: list[np.ndarray] = []
+
+    def run_patch(tile: np.ndarray) -> np.ndarray:
+        # Logits with ties between background and an organ on a coarse grid of values.
+        logits = np.round(rng.standard_normal((4, *tile.shape[2:])), 0).astype(np.float32)
+        tiles.append(logits)
+        return logits
+
+    found = coarse_foreground(image, (8, 16, 16), run_patch)
+    assert found.shape == image.shape[1:]
+    expected = np.zeros_like(found)
+    # Rebuild the same map with a plain argmax from the logits the patches returned.
+    starts_z, starts_y, starts_x = window_starts((20, 30, 30), (8, 16, 16), 1.0)
+    assert len(starts_y) == 2  # 30 > 1.5 patches: no single centred in-plane patch
+    tile_iter = iter(tiles)
+    for zs in starts_z:
+        for ys in starts_y:
+            for xs in starts_x:
+                region = (slice(zs, zs + 8), slice(ys, ys + 16), slice(xs, xs + 16))
+                expected[region] |= np.argmax(next(tile_iter), axis=0) != 0
+    assert next(tile_iter, None) is None
+    np.testing.assert_array_equal(found, expected)
 
 
 def test_keep_largest_component_removes_islands_only() -> None:
