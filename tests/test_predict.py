@@ -196,6 +196,12 @@ def test_precision_auto_picks_fastest_validated(plain_bundle: Path, tmp_path: Pa
     bundle = load_bundle(plain_bundle)
     assert choose_model(bundle, "openvino", "auto").file_key == "int8_openvino"
     assert choose_model(bundle, "onnxruntime", "auto").file_key == "int8_onnx"
+    # A validated INT8 model the fidelity report timed slower than fp32 is not "fastest".
+    bundle.fidelity = {"variants": {"int8_onnx": {
+        "shipped_as": "int8_onnx", "passed": True, "latency_ratio_int8_vs_fp32": 2.7}}}
+    assert choose_model(bundle, "onnxruntime", "auto").precision == "fp32"
+    assert choose_model(bundle, "onnxruntime", "int8").file_key == "int8_onnx"
+    assert choose_model(bundle, "openvino", "auto").file_key == "int8_openvino"
     bundle.validated_precisions = ["fp32"]
     assert choose_model(bundle, "openvino", "auto").precision == "fp32"
     with pytest.raises(EdgesegError, match="not available with the onnxruntime"):

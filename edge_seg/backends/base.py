@@ -3,7 +3,8 @@
 A backend compiles one model file of a bundle and runs it on one patch at a time. Precisions:
 ``int8`` (the bundle's quantised model), ``fp32`` (the ONNX export, run in float32) and ``bf16``
 (the fp32 model run in bfloat16 by OpenVINO on CPUs with AMX/AVX512-BF16). ``auto`` picks the
-fastest precision the bundle's fidelity report validated.
+fastest precision the bundle's fidelity report validated (an INT8 model the report timed slower
+than fp32 is skipped).
 """
 
 from __future__ import annotations
@@ -74,8 +75,22 @@ def _validated(bundle: Bundle, backend: str, precision: str) -> bool:
     names = set(bundle.validated_precisions) | {"fp32"}
     if precision == "int8":
         suffix = "openvino" if backend == "openvino" else "onnx"
-        return "int8" in names or f"int8_{suffix}" in names
+        return ("int8" in names or f"int8_{suffix}" in names) and not _int8_measured_slower(
+            bundle, f"int8_{suffix}"
+        )
     return precision in names
+
+
+def _int8_measured_slower(bundle: Bundle, key: str) -> bool:
+    """True when the fidelity report timed the shipped INT8 model slower than fp32.
+
+    ONNX Runtime's QDQ INT8 3D convolutions are slower than fp32 on x86; ``auto`` means
+    fastest, so such a model is only used when asked for by name.
+    """
+    for report in bundle.fidelity.get("variants", {}).values():
+        if report.get("shipped_as") == key and report.get("passed"):
+            return float(report.get("latency_ratio_int8_vs_fp32", 0.0)) > 1.0
+    return False
 
 
 def choose_model(bundle: Bundle, backend: str, precision: str) -> ModelChoice:
