@@ -62,6 +62,7 @@ def unshipped_int8(bundle: Bundle, calib: Path, work: Path) -> Bundle:
     """
     from export.calibration import list_images, patch_set, read_images
     from export.quantize import quantize_variant
+    from export.quantize_bundle import candidate_bundle, model_file_parts
 
     missing = [(b, k) for b, k in (("openvino", "int8_openvino"), ("onnxruntime", "int8_onnx"))
                if k not in bundle.files]
@@ -71,15 +72,11 @@ def unshipped_int8(bundle: Bundle, calib: Path, work: Path) -> Bundle:
     samples = patch_set(volumes, bundle, 3).inputs
     files = dict(bundle.files)
     for name in files.values():
-        src = bundle.root / name
-        for part in (src, src.with_suffix(".bin")):
-            if part.is_file():
-                shutil.copy2(part, work / part.name)
+        for part in model_file_parts(name):
+            shutil.copy2(bundle.root / part, work / part)
     for backend, key in missing:
         files[key], _ = quantize_variant(backend, bundle.model_path("fp32"), samples, work)
-    copy = Bundle(**{**bundle.to_json(), "files": files})
-    copy.save(work)
-    return load_bundle(work)
+    return load_bundle(candidate_bundle(work, bundle, files))
 
 
 def sessions(bundle: Bundle, threads: int | None) -> dict[str, Any]:

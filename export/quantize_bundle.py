@@ -66,14 +66,15 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _candidate_bundle(work: Path, bundle: Bundle, files: dict[str, str]) -> Path:
+def candidate_bundle(work: Path, bundle: Bundle, files: dict[str, str]) -> Path:
     """Write a manifest in ``work`` so the runtime predictor can load a candidate variant."""
     candidate = Bundle(**{**bundle.to_json(), "files": files})
     candidate.save(work)
     return work
 
 
-def _companions(name: str) -> list[str]:
+def model_file_parts(name: str) -> list[str]:
+    """The files one bundle model consists of (an OpenVINO IR ``.xml`` has its ``.bin``)."""
     return [name, name[: -len(".xml")] + ".bin"] if name.endswith(".xml") else [name]
 
 
@@ -116,7 +117,7 @@ def quantize_bundle(
         chosen: dict[str, str] = {}
         for backend in backends:
             key = FILE_KEYS[backend]
-            _candidate_bundle(work, bundle, {"fp32": fp32_name})
+            candidate_bundle(work, bundle, {"fp32": fp32_name})
             reference = predict_all(work, backend, "fp32", holdout_volumes, threads)
             attempts = [(key, 0)]
             if mixed_fallback:
@@ -127,7 +128,7 @@ def quantize_bundle(
                 log(f"{variant}: quantising ({backend})")
                 file_name, info = quantize_variant(backend, onnx_path, patches.inputs, work,
                                                    keep_fp)
-                _candidate_bundle(work, bundle, {"fp32": fp32_name, key: file_name})
+                candidate_bundle(work, bundle, {"fp32": fp32_name, key: file_name})
                 candidate: Run = predict_all(work, backend, "int8", holdout_volumes, threads)
                 report = {**compare(reference, candidate, bundle.organs, names, bar),
                           "backend": backend, "file": file_name, "quantization": info}
@@ -144,7 +145,7 @@ def quantize_bundle(
                 log(f"{variant}: below the {bar} bar - not added to the bundle")
 
         for file_name in chosen.values():
-            for part in _companions(file_name):
+            for part in model_file_parts(file_name):
                 os.replace(work / part, bundle_dir / part)
         stale = {FILE_KEYS[b] for b in backends} | set(variants)
         files = {k: v for k, v in bundle.files.items() if k not in stale}
