@@ -14,8 +14,13 @@ Two models are trained, each in its own process with one thread (both at once):
     The HALOS-style U-Net (:class:`export.networks.HalosUNet`) with an organ-presence prior
     input and a presence head, trained on the same cases (about a third of them with a
     resected gallbladder or kidney). Per organ and patch, the prior is the truth
-    (1 present / 0 absent) half of the time and 0.5 ("unknown") otherwise, so the network both
+    (1 present / 0 absent) 70 % of the time and 0.5 ("unknown") otherwise, so the network both
     obeys a given prior and learns to decide from the image.
+
+Patches of images narrower than one patch are padded with 0 *after* normalisation, which is
+what nnU-Net's data loader and every sliding-window predictor (nnU-Net's and edgeseg's) do at
+inference; padding with the image minimum (air) instead teaches the network a frame it never
+sees at test time, and it then labels organs in the zero padding of narrow fields of view.
 
 Usage (from the repository root)::
 
@@ -71,13 +76,13 @@ class TrainConfig:
     max_stages: int = 5
     train_cases: int = 48
     train_seed0: int = 1000
-    resection_rate: float = 0.35
+    resection_rate: float = 0.5
     batch_size: int = 2
     iterations: int = 1500
     budget_min: float = 35.0
     learning_rate: float = 3e-3
     foreground_fraction: float = 0.5
-    presence_truth_fraction: float = 0.5
+    presence_truth_fraction: float = 0.7
     presence_loss_weight: float = 0.5
     seed: int = 12345
     bf16: bool = True
@@ -155,10 +160,10 @@ class PatchSampler:
     """
 
     def __init__(self, images: list[np.ndarray], labels: list[np.ndarray],
-                 patch_size: Sequence[int], background: float, rng: np.random.Generator,
+                 patch_size: Sequence[int], pad_value: float, rng: np.random.Generator,
                  foreground_fraction: float) -> None:
         self.patch = tuple(patch_size)
-        self.images = [pad_to(im, self.patch, background) for im in images]
+        self.images = [pad_to(im, self.patch, pad_value) for im in images]
         self.labels = [pad_to(lb, self.patch, 0) for lb in labels]
         self.rng = rng
         self.foreground_fraction = foreground_fraction
@@ -268,8 +273,8 @@ def train_model(kind: str, cases: list[dict[str, Any]], intensity: dict[str, flo
 
     images = [ct_normalize(np.load(c["image"]), intensity) for c in cases]
     labels = [np.load(c["label"]) for c in cases]
-    background = float(min(im.min() for im in images))
-    sampler = PatchSampler(images, labels, config.patch_size, background, rng,
+    # 0 after normalisation: the padding value of nnU-Net's loader and of sliding windows.
+    sampler = PatchSampler(images, labels, config.patch_size, 0.0, rng,
                            config.foreground_fraction)
     case_presence = [
         np.array([1.0 if LABELS[o] in sampler.organ_voxels[i] else 0.0 for o in PRESENCE_ORGANS],
