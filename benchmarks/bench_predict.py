@@ -121,15 +121,13 @@ def run_once(args: argparse.Namespace) -> None:
     from edge_seg.predict import PredictOptions, Predictor
 
     options = PredictOptions(
-        backend=args.backend, precision=args.precision, threads=args.threads, crop=args.crop
+        backend=args.backend,
+        precision=args.precision,
+        threads=args.threads,
+        crop=args.crop,
+        openvino_precision_hint=args.hint or None,
     )
     predictor = Predictor(args.model, options)
-    if args.hint:
-        from edge_seg.backends.openvino import OpenVinoSession
-
-        predictor.session = OpenVinoSession(
-            predictor.bundle, predictor.session.choice, args.threads, precision_hint=args.hint
-        )
     t_load = time.perf_counter() - start - t_read
     prediction = predictor.predict(volume)
     t = time.perf_counter()

@@ -11,12 +11,21 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+
 from edge_seg.errors import EdgesegError
-from edge_seg.io import _dicom_series_files, is_volume_file, strip_volume_suffix
+from edge_seg.io import (
+    Volume,
+    _dicom_series_files,
+    is_volume_file,
+    read_volume,
+    strip_volume_suffix,
+    write_label_map,
+)
 from edge_seg.predict import PredictOptions, Predictor
 
 #: Channel suffix of nnU-Net raw image names; predictions are named without it.
@@ -93,31 +102,93 @@ def _init_worker(bundle_dir: str | None, options: PredictOptions) -> None:
     _WORKER = Predictor(bundle_dir, options)
 
 
-def _run_case(scan: str, target: str, preview_dir: str | None) -> CaseResult:
-    from edge_seg.io import read_volume, write_label_map
+def _failure(scan: str, exc: BaseException) -> str:
+    if isinstance(exc, EdgesegError):
+        return str(exc)
+    # An unexpected fault in one case must not stop the batch; it is reported with the scan.
+    return f"{scan}: {type(exc).__name__}: {exc}"
 
+
+def _write_outputs(
+    labels: np.ndarray, volume: Volume, target: str, preview_dir: str | None, modality: str
+) -> None:
+    write_label_map(labels, volume, target)
+    if preview_dir:
+        from edge_seg.preview import save_preview
+
+        name = case_name(Path(target))
+        save_preview(volume, labels, Path(preview_dir) / f"{name}.png", modality)
+
+
+def _run_case(scan: str, target: str, preview_dir: str | None) -> CaseResult:
     assert _WORKER is not None
     start = time.perf_counter()
     name = case_name(Path(scan))
     try:
         volume = read_volume(scan)
         prediction = _WORKER.predict(volume)
-        write_label_map(prediction.labels, volume, target)
-        if preview_dir:
-            from edge_seg.preview import save_preview
+        _write_outputs(prediction.labels, volume, target, preview_dir, _WORKER.bundle.modality)
+    except Exception as exc:
+        return CaseResult(name, "failed", _failure(scan, exc), time.perf_counter() - start)
+    return CaseResult(name, "done", "", time.perf_counter() - start)
 
-            save_preview(
-                volume,
-                prediction.labels,
-                Path(preview_dir) / f"{name}.png",
-                _WORKER.bundle.modality,
+
+def _run_pipelined(
+    todo: list[tuple[Path, Path]],
+    first_read: Future[Volume],
+    preview_dir: str | None,
+) -> Iterator[CaseResult]:
+    """Segment ``todo`` in this process, reading the next scan and writing the last label map
+    while the current one is segmented.
+
+    Reading (decompression) and writing (compression) run on one core each and release the
+    GIL, while the network's threads wait on the single-threaded stages between patches, so
+    overlapping them shortens a batch by most of its I/O time. At most one scan is read ahead
+    and one label map is in writing, which bounds the extra memory to two volumes.
+    Results come out in input order; a case that fails at any stage is reported and the batch
+    goes on.
+    """
+    assert _WORKER is not None
+    modality = _WORKER.bundle.modality
+    with (
+        ThreadPoolExecutor(1, thread_name_prefix="edgeseg-read") as reader,
+        ThreadPoolExecutor(1, thread_name_prefix="edgeseg-write") as writer,
+    ):
+        reading = first_read
+        writing: tuple[str, str, float, Future[None]] | None = None
+        for index, (scan, target) in enumerate(todo):
+            start = time.perf_counter()
+            name = case_name(scan)
+            volume_future = reading
+            if index + 1 < len(todo):
+                reading = reader.submit(read_volume, str(todo[index + 1][0]))
+            try:
+                volume = volume_future.result()
+                prediction = _WORKER.predict(volume)
+            except Exception as exc:
+                failed = CaseResult(name, "failed", _failure(str(scan), exc))
+                if writing is not None:
+                    yield _finish_write(*writing)
+                    writing = None
+                failed.seconds = time.perf_counter() - start
+                yield failed
+                continue
+            if writing is not None:
+                yield _finish_write(*writing)
+            job = writer.submit(
+                _write_outputs, prediction.labels, volume, str(target), preview_dir, modality
             )
-    except EdgesegError as exc:
-        return CaseResult(name, "failed", str(exc), time.perf_counter() - start)
-    except Exception as exc:  # an unexpected fault in one case must not stop the batch
-        return CaseResult(
-            name, "failed", f"{scan}: {type(exc).__name__}: {exc}", time.perf_counter() - start
-        )
+            writing = (name, str(scan), start, job)
+            del volume, prediction
+        if writing is not None:
+            yield _finish_write(*writing)
+
+
+def _finish_write(name: str, scan: str, start: float, job: Future[None]) -> CaseResult:
+    try:
+        job.result()
+    except Exception as exc:
+        return CaseResult(name, "failed", _failure(scan, exc), time.perf_counter() - start)
     return CaseResult(name, "done", "", time.perf_counter() - start)
 
 
@@ -149,15 +220,22 @@ def run_batch(
     bundle = str(bundle_dir) if bundle_dir is not None else None
     preview = str(preview_dir) if preview_dir else None
     workers = max(1, min(workers, len(todo)))
+    if workers == 1:
+        with ThreadPoolExecutor(1, thread_name_prefix="edgeseg-read") as first:
+            # The first scan is read while the model compiles.
+            first_read = first.submit(read_volume, str(todo[0][0]))
+            try:
+                _init_worker(bundle, options)
+            except BaseException:
+                first_read.cancel()
+                raise
+            for result in _run_pipelined(todo, first_read, preview):
+                report.results.append(result)
+                if on_result:
+                    on_result(result)
+        return report
     # Built here even for a pool: a bad bundle or option fails once, before any case runs.
     _init_worker(bundle, options)
-    if workers == 1:
-        results: Iterator[CaseResult] = (_run_case(str(s), str(t), preview) for s, t in todo)
-        for result in results:
-            report.results.append(result)
-            if on_result:
-                on_result(result)
-        return report
     if options.threads is None:
         options = replace(options, threads=max(1, (os.cpu_count() or 1) // workers))
     global _WORKER

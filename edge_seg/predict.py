@@ -60,6 +60,9 @@ class PredictOptions:
     present_organs : tuple of str or int
         Organs known to be present (prior 1 for a network with a presence input; organs
         named in neither list get 0.5, "unknown").
+    openvino_precision_hint : str or None
+        Override of OpenVINO's ``INFERENCE_PRECISION_HINT`` (e.g. ``"f32"`` to time an INT8
+        model's float layers as on a CPU without AMX); None keeps the precision's own.
     """
 
     backend: str = "openvino"
@@ -71,6 +74,7 @@ class PredictOptions:
     presence: str = "prior"
     threads: int | None = None
     present_organs: tuple[str | int, ...] = ()
+    openvino_precision_hint: str | None = None
 
 
 @dataclass
@@ -147,7 +151,11 @@ class Predictor:
             both = ", ".join(sorted(set(self.absent) & set(self.present)))
             raise EdgesegError(f"--absent/--present: {both} given as both absent and present")
         self.session: Session = open_session(
-            self.bundle, self.options.backend, self.options.precision, self.options.threads
+            self.bundle,
+            self.options.backend,
+            self.options.precision,
+            self.options.threads,
+            self.options.openvino_precision_hint,
         )
         self.organs = self.bundle.organs
         self.presence_names = list(
@@ -321,6 +329,29 @@ class Predictor:
                 f"{where}: segmenting needs about {need / 2**30:.1f} GiB more memory, "
                 f"only {have / 2**30:.1f} GiB is available"
             )
+
+
+def open_predictor_and_read(
+    bundle_dir: str | Path | None, options: PredictOptions, scan: str | Path
+) -> tuple[Predictor, Volume]:
+    """Compile the bundle while the scan is read (both release the GIL), then return both.
+
+    Compiling a model and decompressing a NIfTI each take a sizeable share of a one-scan run
+    and each keeps one core busy, so they go side by side. When both fail, the problem with
+    the model or the options is the one reported, as it would be if they ran in turn.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edge_seg.io import read_volume
+
+    with ThreadPoolExecutor(1, thread_name_prefix="edgeseg-compile") as pool:
+        compiling = pool.submit(Predictor, bundle_dir, options)
+        try:
+            volume = read_volume(scan)
+        except EdgesegError:
+            compiling.result()  # raises the model/option error first, if there is one
+            raise
+        return compiling.result(), volume
 
 
 def _sigmoid(value: float) -> float:

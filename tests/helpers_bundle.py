@@ -23,7 +23,9 @@ CT_NORM = {"scheme": "ct", "lower": -1000.0, "upper": 1000.0, "mean": 0.0, "std"
 CENTRES = (-5.0, 1.0, 2.0, 3.0)  # in normalised units (HU / 100); background wins below -200 HU
 
 
-def _onnx_model(patch: Sequence[int], presence: Sequence[str], presence_output: bool):
+def _onnx_model(
+    patch: Sequence[int], presence: Sequence[str], presence_output: bool, dynamic: bool = False
+):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -33,7 +35,9 @@ def _onnx_model(patch: Sequence[int], presence: Sequence[str], presence_output: 
     bias = (-(centres**2)).astype(np.float32)
     inits = [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "B")]
     nodes = [helper.make_node("Conv", ["image", "W", "B"], ["raw"], kernel_shape=[1, 1, 1])]
-    inputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 1, *patch])]
+    # Dynamic spatial axes, as `edgeseg export` writes them, or the patch shape fixed.
+    spatial = ["depth", "height", "width"] if dynamic else list(patch)
+    inputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 1, *spatial])]
     outputs = []
     logits = "raw"
     if presence:
@@ -64,7 +68,7 @@ def _onnx_model(patch: Sequence[int], presence: Sequence[str], presence_output: 
         ]
         logits = "with_prior"
     nodes.append(helper.make_node("Identity", [logits], ["logits"]))
-    outputs.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, k, *patch]))
+    outputs.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, k, *spatial]))
     if presence_output:
         inits += [
             numpy_helper.from_array(np.array([1], np.int64), "s1"),
@@ -100,14 +104,15 @@ def make_bundle(
     presence_output: bool = False,
     int8: bool = False,
     validated: Sequence[str] = ("fp32",),
+    dynamic: bool = False,
 ) -> Path:
-    """Write a complete bundle folder and return it."""
+    """Write a complete bundle folder and return it (``dynamic``: free spatial input axes)."""
     import onnx
 
     folder.mkdir(parents=True, exist_ok=True)
     organs = [n for n in LABELS if n != "background"]
     presence = list(organs if presence_input is True else presence_input or [])
-    model = _onnx_model(patch, presence, presence_output)
+    model = _onnx_model(patch, presence, presence_output, dynamic)
     onnx.save(model, folder / "model.onnx")
     files = {"fp32": "model.onnx"}
     if int8:

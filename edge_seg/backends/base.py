@@ -124,13 +124,25 @@ def choose_model(bundle: Bundle, backend: str, precision: str) -> ModelChoice:
     )
 
 
-def open_session(bundle: Bundle, backend: str, precision: str, threads: int | None) -> Session:
-    """Compile the chosen model file on the chosen backend."""
+def open_session(
+    bundle: Bundle,
+    backend: str,
+    precision: str,
+    threads: int | None,
+    openvino_precision_hint: str | None = None,
+) -> Session:
+    """Compile the chosen model file on the chosen backend.
+
+    ``openvino_precision_hint`` overrides OpenVINO's ``INFERENCE_PRECISION_HINT`` (``"f32"``
+    runs an INT8 model's float layers as a CPU without AMX would; ``"default"`` sets none).
+    """
     choice = choose_model(bundle, backend, precision)
     if backend == "openvino":
         from edge_seg.backends.openvino import OpenVinoSession
 
-        return OpenVinoSession(bundle, choice, threads)
+        return OpenVinoSession(bundle, choice, threads, openvino_precision_hint)
+    if openvino_precision_hint is not None:
+        raise EdgesegError("an OpenVINO precision hint was given for the onnxruntime backend")
     from edge_seg.backends.onnxruntime import OnnxRuntimeSession
 
     return OnnxRuntimeSession(bundle, choice, threads)

@@ -3,6 +3,10 @@
 OpenVINO runs float32 models in bfloat16 on CPUs with AMX unless told otherwise, so fp32 sets
 ``INFERENCE_PRECISION_HINT=f32`` explicitly and bf16 sets ``bf16``; INT8 models keep the
 plugin's default for their non-quantised layers.
+
+Bundles export their models with dynamic spatial axes, but the sliding window only ever feeds
+one patch shape, so the model is reshaped to that static shape before compiling: the CPU
+plugin then plans its memory and picks its kernels once instead of per inference.
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ class OpenVinoSession:
             config["INFERENCE_PRECISION_HINT"] = hint
         try:
             model = core.read_model(str(choice.path))
+            static = _static_shapes(model, bundle)
+            if static:
+                model.reshape(static)
             self.compiled = core.compile_model(model, "CPU", config)
         except RuntimeError as exc:
             raise EdgesegError(
@@ -68,6 +75,19 @@ class OpenVinoSession:
             out = self.compiled.output(self.names["presence_logits"])
             presence_logits = np.asarray(result[out]).reshape(-1)
         return logits, presence_logits
+
+
+def _static_shapes(model, bundle: Bundle) -> dict[str, list[int]]:
+    """Static shapes for the inputs that have dynamic dimensions: one patch, batch 1."""
+    wanted = {bundle.io_names["image"]: [1, len(bundle.channels), *bundle.patch_size]}
+    if bundle.presence_input:
+        wanted[bundle.io_names["presence"]] = [1, len(bundle.presence_input)]
+    shapes = {}
+    for port in model.inputs:
+        name = next((n for n in port.get_names() if n in wanted), None)
+        if name is not None and port.get_partial_shape().is_dynamic:
+            shapes[name] = wanted[name]
+    return shapes
 
 
 def _short(exc: BaseException) -> str:

@@ -110,8 +110,8 @@ def predict(
 def _run_single(
     scan: Path, out: Path, model: Path | None, options, preview: Path | None, quiet: bool
 ) -> None:
-    from edge_seg.io import check_output_path, read_volume, write_label_map
-    from edge_seg.predict import Predictor
+    from edge_seg.io import check_output_path, write_label_map
+    from edge_seg.predict import open_predictor_and_read
 
     started = time.perf_counter()
     if out.resolve() == scan.resolve():
@@ -121,8 +121,7 @@ def _run_single(
         raise EdgesegError(
             f"{preview}: preview path is a folder; give a file name such as case.png"
         )
-    predictor = Predictor(model, options)
-    volume = read_volume(scan)
+    predictor, volume = open_predictor_and_read(model, options, scan)
     prediction = predictor.predict(volume)
     write_label_map(prediction.labels, volume, out)
     if preview is not None:

@@ -1,0 +1,157 @@
+"""How predict is scheduled: static-shape compiling, compiling beside reading, pipelined batches.
+
+Real OpenVINO sessions and real files; the only fault injected is a failing label-map write,
+which no real file system here produces on demand (the tests run as root).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+sys.path.insert(0, str(Path(__file__).parent))
+from helpers_bundle import make_bundle, make_phantom
+
+import edge_seg.batch as batch
+from edge_seg.backends.base import open_session
+from edge_seg.batch import run_batch
+from edge_seg.bundle import load_bundle
+from edge_seg.errors import EdgesegError
+from edge_seg.io import read_volume
+from edge_seg.predict import PredictOptions, Predictor, open_predictor_and_read
+
+SPACING_XYZ = (1.2, 1.2, 2.5)
+
+
+def write_scan(path: Path, seed: int = 0, shape: tuple[int, int, int] = (24, 40, 44)) -> Path:
+    image, _ = make_phantom(shape=shape, seed=seed)
+    itk = sitk.GetImageFromArray(image)
+    itk.SetSpacing(SPACING_XYZ)
+    itk.SetOrigin((5.0, -3.0, 12.0 + seed))
+    sitk.WriteImage(itk, str(path), useCompression=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def dynamic_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_bundle(tmp_path_factory.mktemp("dynamic"), dynamic=True)
+
+
+@pytest.fixture(scope="module")
+def static_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_bundle(tmp_path_factory.mktemp("static"))
+
+
+def test_openvino_compiles_dynamic_model_for_the_patch_shape(dynamic_bundle: Path) -> None:
+    bundle = load_bundle(dynamic_bundle)
+    import openvino as ov
+
+    assert (
+        ov.Core()
+        .read_model(str(dynamic_bundle / "model.onnx"))
+        .inputs[0]
+        .get_partial_shape()
+        .is_dynamic
+    )
+    session = open_session(bundle, "openvino", "fp32", 1)
+    shape = session.compiled.inputs[0].get_partial_shape()
+    assert not shape.is_dynamic
+    assert [d.get_length() for d in shape] == [1, 1, *bundle.patch_size]
+
+
+def test_dynamic_and_static_bundles_label_the_same(
+    dynamic_bundle: Path, static_bundle: Path, tmp_path: Path
+) -> None:
+    volume = read_volume(write_scan(tmp_path / "scan.nii.gz"))
+    options = PredictOptions(precision="fp32", threads=1)
+    dynamic = Predictor(dynamic_bundle, options).predict(volume).labels
+    static = Predictor(static_bundle, options).predict(volume).labels
+    assert np.array_equal(dynamic, static)
+    assert set(np.unique(static)) == {0, 1, 2, 3}
+
+
+def test_precision_hint_override_reaches_openvino(static_bundle: Path) -> None:
+    import openvino as ov
+
+    # "default" sets no hint: the plugin's own choice (bf16 on AMX CPUs, f32 elsewhere).
+    plugin_default = str(ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT"))
+    options = PredictOptions(precision="fp32", openvino_precision_hint="default", threads=1)
+    assert Predictor(static_bundle, options).session.inference_precision == plugin_default
+    options = PredictOptions(precision="bf16", openvino_precision_hint="f32", threads=1)
+    assert "float32" in Predictor(static_bundle, options).session.inference_precision
+    with pytest.raises(EdgesegError, match="onnxruntime"):
+        Predictor(
+            static_bundle,
+            PredictOptions(backend="onnxruntime", openvino_precision_hint="f32"),
+        )
+
+
+def test_compile_beside_read_returns_both(static_bundle: Path, tmp_path: Path) -> None:
+    scan = write_scan(tmp_path / "scan.nii.gz")
+    predictor, volume = open_predictor_and_read(static_bundle, PredictOptions(threads=1), scan)
+    assert volume.shape == (24, 40, 44)
+    assert predictor.predict(volume).labels.shape == volume.shape
+
+
+def test_compile_beside_read_reports_option_error_before_scan_error(
+    static_bundle: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"not a scan")
+    with pytest.raises(EdgesegError, match="--absent"):
+        open_predictor_and_read(static_bundle, PredictOptions(absent_organs=("pancreas",)), broken)
+    with pytest.raises(EdgesegError, match=r"broken\.nii\.gz"):
+        open_predictor_and_read(static_bundle, PredictOptions(threads=1), broken)
+
+
+def test_pipelined_batch_keeps_order_and_goes_past_bad_cases(
+    static_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    for i in range(4):
+        write_scan(inputs / f"case{i}_0000.nii.gz", seed=i)
+    (inputs / "case1_0000.nii.gz").write_bytes(b"truncated")  # fails while read ahead
+    real_write = batch.write_label_map
+
+    def write_fails_for_case2(labels, reference, path):
+        if Path(path).name == "case2.nii.gz":
+            raise OSError("disk full")
+        return real_write(labels, reference, path)
+
+    monkeypatch.setattr(batch, "write_label_map", write_fails_for_case2)
+    scans = sorted(inputs.iterdir())
+    seen = []
+    report = run_batch(
+        scans, outputs, static_bundle, PredictOptions(threads=1), 1, None, seen.append
+    )
+    assert [(r.name, r.status) for r in seen] == [
+        ("case0", "done"),
+        ("case1", "failed"),
+        ("case2", "failed"),
+        ("case3", "done"),
+    ]
+    assert "case1_0000.nii.gz" in seen[1].message
+    assert "disk full" in seen[2].message and "case2_0000.nii.gz" in seen[2].message
+    assert report.count("done") == 2
+    assert sorted(p.name for p in outputs.iterdir()) == ["case0.nii.gz", "case3.nii.gz"]
+    # Each output is the one-case prediction of its own scan, with its own geometry.
+    predictor = Predictor(static_bundle, PredictOptions(threads=1))
+    for name in ("case0", "case3"):
+        volume = read_volume(inputs / f"{name}_0000.nii.gz")
+        written = sitk.ReadImage(str(outputs / f"{name}.nii.gz"))
+        assert np.array_equal(sitk.GetArrayFromImage(written), predictor.predict(volume).labels)
+        assert written.GetOrigin() == pytest.approx(volume.origin)
+
+
+def test_pipelined_batch_bad_bundle_fails_before_any_case(tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    write_scan(inputs / "case0_0000.nii.gz")
+    with pytest.raises(EdgesegError, match="not a model bundle"):
+        run_batch(sorted(inputs.iterdir()), tmp_path / "out", tmp_path, PredictOptions(), 1)
+    assert not any((tmp_path / "out").iterdir())
