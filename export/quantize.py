@@ -8,6 +8,12 @@ Two routes, both calibrated on real preprocessed patches (:mod:`export.calibrati
 Each variant may also be built in a mixed-precision form that keeps the most sensitive layers
 (the first and the last convolution: raw intensities in, class logits out) in floating point;
 :mod:`export.fidelity` decides which variants meet the bar.
+
+Dense layers (MatMul/Gemm: the DAFT blocks' small MLPs and the presence head of the HALOS-style
+network) always stay in floating point. They cost nothing next to the 3D convolutions, and
+their inputs (a globally pooled feature vector concatenated with a 0/0.5/1 prior) mix scales
+that one INT8 range per tensor represents badly; every decoder stage's scale and shift comes
+out of them, so their error reaches every voxel.
 """
 
 from __future__ import annotations
@@ -55,6 +61,49 @@ def _ov_conv_names(model: Any) -> list[str]:
     ]
 
 
+#: Operator types never quantised (see the module docstring), in ONNX and OpenVINO spelling.
+_DENSE_ONNX = ("MatMul", "Gemm")
+_DENSE_OPENVINO = ("MatMul",)
+
+
+#: Shape-only or pooling operators between a feature map and a dense layer (GAP, concat with
+#: the prior, flatten); ONNX Runtime would quantise their outputs, i.e. the dense input.
+_DENSE_FEEDERS = (
+    "Concat", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "GlobalAveragePool", "ReduceMean",
+    "GlobalMaxPool", "ReduceMax",
+)
+
+
+def dense_node_names(onnx_path: str | Path) -> list[str]:
+    """Names of the MatMul/Gemm nodes of an ONNX graph and of the pooling/concat/reshape
+    nodes that feed them (so that the dense layers' inputs stay in floating point too)."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    producer = {out: node for node in graph.node for out in node.output}
+    names: list[str] = []
+    pending = [n for n in graph.node if n.op_type in _DENSE_ONNX]
+    seen: set[str] = set()
+    while pending:
+        node = pending.pop()
+        if node.name in seen:
+            continue
+        seen.add(node.name)
+        names.append(node.name)
+        for tensor in node.input:
+            feeder = producer.get(tensor)
+            if feeder is not None and feeder.op_type in _DENSE_FEEDERS:
+                pending.append(feeder)
+    return names
+
+
+def _ignored_scope(conv_names: Sequence[str]) -> Any:
+    import nncf
+
+    # validate=False: a plain U-Net has no dense layer, and that is not an error.
+    return nncf.IgnoredScope(names=list(conv_names), types=list(_DENSE_OPENVINO), validate=False)
+
+
 def sensitive_layers(names: Sequence[str], count: int = 1) -> list[str]:
     """The first and last ``count`` convolutions (input intensities and output logits)."""
     if len(names) <= 2 * count:
@@ -84,9 +133,6 @@ def quantize_openvino(
     model = ov.convert_model(str(onnx_path))
     ignored = sensitive_layers(_ov_conv_names(model), keep_fp) if keep_fp else []
     dataset = nncf.Dataset(_feeds(samples, names))
-    kwargs: dict[str, Any] = {}
-    if ignored:
-        kwargs["ignored_scope"] = nncf.IgnoredScope(names=ignored)
     quantized = nncf.quantize(
         model,
         dataset,
@@ -94,7 +140,7 @@ def quantize_openvino(
         # normalised CT intensities are far from symmetric around zero.
         preset=nncf.QuantizationPreset.MIXED,
         subset_size=len(samples),
-        **kwargs,
+        ignored_scope=_ignored_scope(ignored),
     )
     ov.save_model(quantized, str(xml_path), compress_to_fp16=False)
     return {
@@ -102,6 +148,7 @@ def quantize_openvino(
         "preset": "mixed",
         "calibration_samples": len(samples),
         "fp_layers": ignored,
+        "fp_op_types": list(_DENSE_OPENVINO),
     }
 
 
@@ -161,6 +208,7 @@ def quantize_openvino_accuracy_aware(
         drop_type=nncf.DropType.ABSOLUTE,
         preset=nncf.QuantizationPreset.MIXED,
         subset_size=len(samples),
+        ignored_scope=_ignored_scope(()),
         advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
             max_num_iterations=max_iterations,
             ranking_subset_size=min(len(samples), 6),
@@ -175,6 +223,7 @@ def quantize_openvino_accuracy_aware(
         "metric": "patch label agreement with fp32 (mean Dice), max absolute drop "
                   f"{max_drop}, at most {max_iterations} layer groups reverted",
         "fake_quantize_nodes": n_fake,
+        "fp_op_types": list(_DENSE_OPENVINO),
     }
 
 
@@ -230,6 +279,7 @@ def quantize_onnxruntime(
         except Exception:  # pre-processing is an optimisation; the raw graph quantises too
             source = Path(onnx_path)
         excluded = sensitive_layers(conv_node_names(source), keep_fp) if keep_fp else []
+        excluded += dense_node_names(source)
         quantize_static(
             str(source),
             str(out_path),

@@ -85,7 +85,8 @@ class TrainConfig:
     presence_truth_fraction: float = 0.7
     presence_loss_weight: float = 0.5
     seed: int = 12345
-    bf16: bool = True
+    bf16: bool = False
+    init_from: str | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -127,8 +128,10 @@ def prepare_cases(
     cases = []
     for seed in seeds:
         resected = case_resections(seed, config.resection_rate)
-        image_path = work / f"case_{seed:05d}_image.npy"
-        label_path = work / f"case_{seed:05d}_label.npy"
+        # The resected organs are part of the name: another --resection-rate is another case.
+        stem = "_".join((f"case_{seed:05d}", *resected))
+        image_path = work / f"{stem}_image.npy"
+        label_path = work / f"{stem}_label.npy"
         if not (image_path.exists() and label_path.exists()):
             phantom = make_phantom(seed, config.spacing_mm, resected)
             with atomic_path(label_path) as tmp:
@@ -259,6 +262,26 @@ def _he_init(module) -> None:
             nn.init.zeros_(module.bias)
 
 
+def cpu_has_fast_bf16() -> bool:
+    """True where bf16 autocast helps: AMX or AVX512-BF16. Elsewhere (AVX2-only CPUs) oneDNN
+    emulates bf16 convolutions about 20x slower than float32."""
+    import torch
+
+    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+
+
+def initial_weights(kind: str, folder: str | Path) -> dict[str, Any]:
+    """Weights of an earlier run of this script (its ``--out`` folder) to fine-tune from."""
+    from export.safe_checkpoint import load_checkpoint
+
+    folder = Path(folder)
+    if kind == "plain":
+        path = (folder / "nnunet_results" / f"Dataset{DATASET_ID}_{DATASET_NAME}"
+                / "nnUNetTrainer__nnUNetPlans__3d_fullres" / "fold_0" / "checkpoint_final.pth")
+        return load_checkpoint(path)["network_weights"]
+    return load_checkpoint(folder / "halos_ct" / "model.pth")["state_dict"]
+
+
 def train_model(kind: str, cases: list[dict[str, Any]], intensity: dict[str, float],
                 config: TrainConfig, out_dir: str, threads: int) -> dict[str, Any]:
     """Train one model in this process and write it; returns a summary."""
@@ -284,6 +307,11 @@ def train_model(kind: str, cases: list[dict[str, Any]], intensity: dict[str, flo
 
     network, architecture = build_network(kind, config)
     network.apply(_he_init)
+    if config.init_from:
+        network.load_state_dict(initial_weights(kind, config.init_from))
+    # channels-last 3D convolutions are ~15 % faster in oneDNN on CPU; the saved weights
+    # are converted back to the default layout.
+    network = network.to(memory_format=torch.channels_last_3d)
     network.train()
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate,
                                   weight_decay=1e-4)
@@ -312,7 +340,7 @@ def train_model(kind: str, cases: list[dict[str, Any]], intensity: dict[str, flo
             batch_prior.append(np.where(keep, truth, PRESENCE_UNKNOWN).astype(np.float32))
             counts = np.array([(label_patch == LABELS[o]).sum() for o in PRESENCE_ORGANS])
             batch_visible.append((counts >= MIN_VISIBLE_VOXELS).astype(np.float32))
-        x = torch.from_numpy(np.stack(batch_images))
+        x = torch.from_numpy(np.stack(batch_images)).to(memory_format=torch.channels_last_3d)
         y = torch.from_numpy(np.stack(batch_labels))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
             if kind == "plain":
@@ -358,7 +386,7 @@ def train_model(kind: str, cases: list[dict[str, Any]], intensity: dict[str, flo
         "resected_cases": {str(c["seed"]): c["resected"] for c in cases if c["resected"]},
         "intensity_properties": intensity,
     }
-    network.eval()
+    network = network.to(memory_format=torch.contiguous_format).eval()
     if kind == "plain":
         _save_plain(network, architecture, optimizer, log, iteration, cases, intensity,
                     config, Path(out_dir), summary)
@@ -455,11 +483,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="wall-clock stop per model (the learning rate anneals to it)")
     parser.add_argument("--cases", type=int, default=TrainConfig.train_cases)
     parser.add_argument("--threads", type=int, default=1, help="threads per model process")
-    parser.add_argument("--no-bf16", action="store_true", help="train in float32")
+    precision = parser.add_mutually_exclusive_group()
+    precision.add_argument("--bf16", dest="bf16", action="store_true", default=None,
+                           help="bf16 autocast (default: only on CPUs with AMX/AVX512-BF16)")
+    precision.add_argument("--no-bf16", dest="bf16", action="store_false", help="float32")
+    parser.add_argument("--init-from", default=None,
+                        help="fine-tune: start from the models of an earlier run (its --out)")
+    parser.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)
+    parser.add_argument("--resection-rate", type=float, default=TrainConfig.resection_rate)
     args = parser.parse_args(argv)
 
+    bf16 = cpu_has_fast_bf16() if args.bf16 is None else args.bf16
     config = TrainConfig(iterations=args.iterations, budget_min=args.budget_min,
-                         train_cases=args.cases, bf16=not args.no_bf16)
+                         train_cases=args.cases, bf16=bf16, init_from=args.init_from,
+                         learning_rate=args.learning_rate, resection_rate=args.resection_rate)
     seeds = list(range(config.train_seed0, config.train_seed0 + config.train_cases))
     t0 = time.perf_counter()
     cases = prepare_cases(Path(args.work), seeds, config)

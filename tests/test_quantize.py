@@ -210,3 +210,44 @@ def test_presence_priors_cover_present_absent_and_unknown(exported) -> None:
     assert {0.0, 0.5, 1.0} == set(np.unique(values).tolist())
     absent = {int(np.flatnonzero(p[0] == 0)[0]) for p in priors if (p == 0).any()}
     assert absent == {0, 1, 2}  # each organ is absent in some calibration sample
+
+
+def test_dense_layers_of_presence_network_stay_float(tmp_path) -> None:
+    """DAFT MLPs and the presence head (MatMul/Gemm) are never quantised, on either route."""
+    import onnx
+    import openvino as ov
+    import torch
+
+    from export.networks.halos_unet import HalosUNet
+    from export.onnx_export import export_onnx
+    from export.quantize import quantize_onnxruntime, quantize_openvino
+
+    torch.manual_seed(3)
+    network = HalosUNet(1, 4, 3, [4, 8, 16], [[1, 1, 1], [2, 2, 2], [2, 2, 2]]).eval()
+    rng = np.random.default_rng(0)
+    samples = [
+        (rng.normal(size=(1, 1, 16, 32, 32)).astype(np.float32),
+         np.array([[1.0, 0.5, 0.0]], np.float32))
+        for _ in range(4)
+    ]
+    fp32 = export_onnx(network, samples[0], tmp_path / "model.onnx",
+                       ("image", "presence"), ("logits", "presence_logits"))
+    graph = onnx.load(str(fp32)).graph
+    assert any(n.op_type in ("MatMul", "Gemm") for n in graph.node)
+
+    quantize_openvino(fp32, samples, tmp_path / "int8.xml")
+    model = ov.Core().read_model(str(tmp_path / "int8.xml"))
+    ops = model.get_ordered_ops()
+    assert any(op.get_type_name() == "FakeQuantize" for op in ops)  # the convolutions are
+    for op in ops:
+        if op.get_type_name() == "MatMul":
+            feeders = [op.input_value(i).get_node().get_type_name() for i in range(2)]
+            assert "FakeQuantize" not in feeders, op.get_friendly_name()
+
+    quantize_onnxruntime(fp32, samples, tmp_path / "int8_qdq.onnx")
+    qdq = onnx.load(str(tmp_path / "int8_qdq.onnx")).graph
+    produced_by = {out: node.op_type for node in qdq.node for out in node.output}
+    assert "DequantizeLinear" in produced_by.values()
+    for node in qdq.node:
+        if node.op_type in ("MatMul", "Gemm"):  # activation and weight inputs are float
+            assert all(produced_by.get(i) != "DequantizeLinear" for i in node.input[:2]), node.name
