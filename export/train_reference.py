@@ -200,6 +200,16 @@ class PatchSampler:
         return case, np.array(image[window]), np.array(label[window])
 
 
+def training_sampler(images: list[np.ndarray], labels: list[np.ndarray], config: TrainConfig,
+                     rng: np.random.Generator) -> PatchSampler:
+    """The sampler ``train_model`` uses, on normalised images.
+
+    Images narrower than a patch are padded with 0, the value nnU-Net's data loader and every
+    sliding-window predictor pad normalised images with.
+    """
+    return PatchSampler(images, labels, config.patch_size, 0.0, rng, config.foreground_fraction)
+
+
 def augment_intensity(patch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Light intensity augmentation on the normalised patch (contrast, brightness, noise)."""
     out = patch * rng.uniform(0.85, 1.15) + rng.uniform(-0.15, 0.15)
@@ -296,9 +306,7 @@ def train_model(kind: str, cases: list[dict[str, Any]], intensity: dict[str, flo
 
     images = [ct_normalize(np.load(c["image"]), intensity) for c in cases]
     labels = [np.load(c["label"]) for c in cases]
-    # 0 after normalisation: the padding value of nnU-Net's loader and of sliding windows.
-    sampler = PatchSampler(images, labels, config.patch_size, 0.0, rng,
-                           config.foreground_fraction)
+    sampler = training_sampler(images, labels, config, rng)
     case_presence = [
         np.array([1.0 if LABELS[o] in sampler.organ_voxels[i] else 0.0 for o in PRESENCE_ORGANS],
                  np.float32)
