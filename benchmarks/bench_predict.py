@@ -245,7 +245,7 @@ def main() -> None:
         "",
         f"Model: `{_rel(args.model)}`" + (f" ({args.note})" if args.note else ""),
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs; "
+        f"Machine: {cpu_description()}; "
         f"every run pinned to {CORES} cores (fresh process, read to written file, "
         f"{CORES} inference threads). Phantom: `generate_phantom({PHANTOM_SEED})`, "
         "512x512x300 voxels, 0.8x0.8x2.5 mm. Default options (`--crop auto`, LCC on).",
@@ -272,6 +272,28 @@ def main() -> None:
     lines += ["", "Targets (issue 5): int8 median <= 5 s, peak RSS <= 1500 MB.", ""]
     write_text_atomic(args.out, "\n".join(lines))
     print("\n".join(lines))
+
+
+def cpu_description() -> str:
+    """CPU model and the instruction sets that decide OpenVINO's speed, for result tables.
+
+    The same scripts run on Intel CPUs with AMX (OpenVINO then runs float layers in bf16) and
+    on AVX2-only CPUs (no bf16, INT8 without VNNI); a figure means little without this line.
+    """
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:
+        pass
+    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile")
+           if f in flags]
+    return f"{model}, {os.cpu_count()} logical CPUs, ISA: {' '.join(isa) or 'unknown'}"
 
 
 def command_line() -> str:

@@ -24,16 +24,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_predict import cpu_description
 
 from edge_seg.backends.base import ModelChoice, open_session
 from edge_seg.bundle import Bundle, load_bundle
@@ -197,8 +200,7 @@ def main() -> None:
          f"--phantom-slices {args.phantom_slices}", f"--phantom-matrix {args.phantom_matrix}"]
         + ([f"--threads {args.threads}"] if args.threads else [])
         + ([f"--calib {args.calib}"] if args.calib else []))
-    host = (f"{platform.platform()}, {os.cpu_count()} logical CPUs, "
-            f"{platform.processor() or platform.machine()}")
+    host = f"{platform.platform()}, {cpu_description()}"
     for bundle_dir in args.bundles:
         bundle = load_bundle(bundle_dir)
         inputs: list[list[np.ndarray]] = []

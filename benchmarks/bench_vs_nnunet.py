@@ -32,7 +32,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_predict import DEFAULT_MODEL, command_line, dice_per_organ, pinned  # noqa: E402
+from bench_predict import (  # noqa: E402
+    DEFAULT_MODEL,
+    command_line,
+    cpu_description,
+    dice_per_organ,
+    pinned,
+)
 
 from edge_seg.profiling import run_monitored  # noqa: E402
 from evaluator.atomic import write_text_atomic  # noqa: E402
@@ -181,6 +187,8 @@ def main() -> None:
         "",
         f"Model: `{args.model}` exported from `{args.results}`"
         + (f" ({args.note})" if args.note else ""),
+        "",
+        f"Machine: {cpu_description()}.",
         "",
         f"{args.cases} phantom CTs (seeds {SEED}..{SEED + args.cases - 1}, {args.matrix}x"
         f"{args.matrix} in-plane, protocol slice count). Whole folder per fresh process, pinned "
