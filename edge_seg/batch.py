@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_seg.errors import EdgesegError
+from edge_seg.errors import EdgesegError, NotEnoughMemoryError
 from edge_seg.io import (
     Volume,
     _dicom_series_files,
@@ -111,13 +111,20 @@ def _failure(scan: str, exc: BaseException) -> str:
 
 def _write_outputs(
     labels: np.ndarray, volume: Volume, target: str, preview_dir: str | None, modality: str
-) -> None:
-    write_label_map(labels, volume, target)
+) -> float:
+    """Write a case's preview (if asked) and then its label map; return the seconds taken.
+
+    The label map goes last: its existence marks the case as finished for a resumed run, so a
+    case whose preview failed is done again rather than skipped.
+    """
+    start = time.perf_counter()
     if preview_dir:
         from edge_seg.preview import save_preview
 
         name = case_name(Path(target))
         save_preview(volume, labels, Path(preview_dir) / f"{name}.png", modality)
+    write_label_map(labels, volume, target)
+    return time.perf_counter() - start
 
 
 def _run_case(scan: str, target: str, preview_dir: str | None) -> CaseResult:
@@ -133,63 +140,97 @@ def _run_case(scan: str, target: str, preview_dir: str | None) -> CaseResult:
     return CaseResult(name, "done", "", time.perf_counter() - start)
 
 
+@dataclass
+class _Writing:
+    """A case whose label map is being written in the background."""
+
+    name: str
+    scan: str
+    seconds: float  # read + segment
+    job: Future[float]
+
+    def finish(self) -> CaseResult:
+        try:
+            seconds = self.seconds + self.job.result()
+        except Exception as exc:
+            return CaseResult(self.name, "failed", _failure(self.scan, exc), self.seconds)
+        return CaseResult(self.name, "done", "", seconds)
+
+
 def _run_pipelined(
     todo: list[tuple[Path, Path]],
-    first_read: Future[Volume],
+    reading: Future[Volume],
     preview_dir: str | None,
 ) -> Iterator[CaseResult]:
     """Segment ``todo`` in this process, reading the next scan and writing the last label map
-    while the current one is segmented.
+    while the current one is segmented (``reading``: the first scan's read, already started).
 
     Reading (decompression) and writing (compression) run on one core each and release the
     GIL, while the network's threads wait on the single-threaded stages between patches, so
     overlapping them shortens a batch by most of its I/O time. At most one scan is read ahead
-    and one label map is in writing, which bounds the extra memory to two volumes.
-    Results come out in input order; a case that fails at any stage is reported and the batch
-    goes on.
+    and one label map is in writing. A memory check that fails beside that extra work is
+    tried again once the write is done, so that pipelining never fails a case that would run
+    on its own. Results come out in input order; a case that fails at any stage is reported
+    and the batch goes on.
     """
     assert _WORKER is not None
-    modality = _WORKER.bundle.modality
+    predictor, modality = _WORKER, _WORKER.bundle.modality
     with (
         ThreadPoolExecutor(1, thread_name_prefix="edgeseg-read") as reader,
         ThreadPoolExecutor(1, thread_name_prefix="edgeseg-write") as writer,
     ):
-        reading = first_read
-        writing: tuple[str, str, float, Future[None]] | None = None
+        writing: _Writing | None = None
         for index, (scan, target) in enumerate(todo):
             start = time.perf_counter()
-            name = case_name(scan)
-            volume_future = reading
+            ahead = reading
             if index + 1 < len(todo):
                 reading = reader.submit(read_volume, str(todo[index + 1][0]))
+            message, retry_read = None, False
+            volume = prediction = None
             try:
-                volume = volume_future.result()
-                prediction = _WORKER.predict(volume)
+                volume = ahead.result()
+            except NotEnoughMemoryError:
+                retry_read = True
             except Exception as exc:
-                failed = CaseResult(name, "failed", _failure(str(scan), exc))
+                message = _failure(str(scan), exc)
+            del ahead  # the Future would keep this volume alive for the whole batch
+            if retry_read:
                 if writing is not None:
-                    yield _finish_write(*writing)
+                    yield writing.finish()
                     writing = None
-                failed.seconds = time.perf_counter() - start
-                yield failed
-                continue
+                try:
+                    volume = read_volume(scan)
+                except Exception as exc:
+                    message = _failure(str(scan), exc)
+            if message is None:
+                for attempt in range(2):
+                    try:
+                        prediction = predictor.predict(volume)
+                    except NotEnoughMemoryError as exc:
+                        if writing is None or attempt:
+                            message = str(exc)
+                            break
+                        yield writing.finish()
+                        writing = None
+                        continue
+                    except Exception as exc:
+                        message = _failure(str(scan), exc)
+                    break
             if writing is not None:
-                yield _finish_write(*writing)
+                yield writing.finish()
+                writing = None
+            name = case_name(scan)
+            if message is not None:
+                yield CaseResult(name, "failed", message, time.perf_counter() - start)
+                continue
+            assert prediction is not None and volume is not None
             job = writer.submit(
                 _write_outputs, prediction.labels, volume, str(target), preview_dir, modality
             )
-            writing = (name, str(scan), start, job)
+            writing = _Writing(name, str(scan), time.perf_counter() - start, job)
             del volume, prediction
         if writing is not None:
-            yield _finish_write(*writing)
-
-
-def _finish_write(name: str, scan: str, start: float, job: Future[None]) -> CaseResult:
-    try:
-        job.result()
-    except Exception as exc:
-        return CaseResult(name, "failed", _failure(scan, exc), time.perf_counter() - start)
-    return CaseResult(name, "done", "", time.perf_counter() - start)
+            yield writing.finish()
 
 
 def run_batch(
@@ -224,12 +265,10 @@ def run_batch(
         with ThreadPoolExecutor(1, thread_name_prefix="edgeseg-read") as first:
             # The first scan is read while the model compiles.
             first_read = first.submit(read_volume, str(todo[0][0]))
-            try:
-                _init_worker(bundle, options)
-            except BaseException:
-                first_read.cancel()
-                raise
-            for result in _run_pipelined(todo, first_read, preview):
+            _init_worker(bundle, options)
+            pipeline = _run_pipelined(todo, first_read, preview)
+            del first_read
+            for result in pipeline:
                 report.results.append(result)
                 if on_result:
                     on_result(result)

@@ -21,3 +21,11 @@ class MissingExtraError(EdgesegError):
             f"this command needs the '{extra}' extra ({module} is not installed); "
             f"install it with: pip install 'edgeseg[{extra}]'"
         )
+
+
+class NotEnoughMemoryError(EdgesegError):
+    """A scan needs more memory than is available now (checked before the work starts).
+
+    Its own type because the answer can change: a batch that read this scan beside another
+    case's work tries again once that work is done.
+    """

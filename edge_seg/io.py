@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from edge_seg.errors import EdgesegError
+from edge_seg.errors import EdgesegError, NotEnoughMemoryError
 from evaluator.atomic import atomic_path
 
 #: File endings read as single-file volumes (anything else must be a DICOM series folder).
@@ -100,7 +100,7 @@ def check_fits_in_memory(shape: Sequence[int], where: str, bytes_per_voxel: floa
     have = available_memory_bytes()
     if need > have:
         dims = "x".join(str(int(s)) for s in shape)
-        raise EdgesegError(
+        raise NotEnoughMemoryError(
             f"{where}: image of {dims} voxels needs about {need / 2**30:.1f} GiB to segment, "
             f"only {have / 2**30:.1f} GiB of memory is available"
         )

@@ -16,7 +16,7 @@ import numpy as np
 from edge_seg.backends.base import Session, open_session
 from edge_seg.bundle import Bundle, load_bundle
 from edge_seg.crop import coarse_foreground, embed_slabs, middle_slices, organ_box, parse_crop
-from edge_seg.errors import EdgesegError
+from edge_seg.errors import EdgesegError, NotEnoughMemoryError
 from edge_seg.io import Volume, available_memory_bytes
 from edge_seg.postprocess import keep_largest_component, organ_volumes_ml
 from edge_seg.preprocess import preprocess, resampling_settings
@@ -325,7 +325,7 @@ class Predictor:
         have = available_memory_bytes()
         if need > have:
             where = volume.path or "volume"
-            raise EdgesegError(
+            raise NotEnoughMemoryError(
                 f"{where}: segmenting needs about {need / 2**30:.1f} GiB more memory, "
                 f"only {have / 2**30:.1f} GiB is available"
             )

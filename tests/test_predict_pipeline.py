@@ -155,3 +155,38 @@ def test_pipelined_batch_bad_bundle_fails_before_any_case(tmp_path: Path) -> Non
     with pytest.raises(EdgesegError, match="not a model bundle"):
         run_batch(sorted(inputs.iterdir()), tmp_path / "out", tmp_path, PredictOptions(), 1)
     assert not any((tmp_path / "out").iterdir())
+
+
+def test_pipelined_batch_retries_a_memory_refusal_once_alone(
+    static_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scan refused for memory while read ahead is read again once nothing else runs."""
+    from edge_seg.errors import NotEnoughMemoryError
+
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    for i in range(3):
+        write_scan(inputs / f"case{i}_0000.nii.gz", seed=i)
+    write_scan(inputs / "huge_0000.nii.gz", seed=9)
+    refused: list[str] = []
+
+    def tight_memory(path):
+        name = Path(path).name
+        if name == "case1_0000.nii.gz" and name not in refused:
+            refused.append(name)  # refused the first time only: beside other work
+            raise NotEnoughMemoryError(f"{path}: needs about 9.0 GiB, only 1.0 GiB available")
+        if name == "huge_0000.nii.gz":  # refused every time: too large on its own too
+            raise NotEnoughMemoryError(f"{path}: needs about 99.0 GiB, only 1.0 GiB available")
+        return read_volume(path)
+
+    monkeypatch.setattr(batch, "read_volume", tight_memory)
+    report = run_batch(sorted(inputs.iterdir()), outputs, static_bundle, PredictOptions(threads=1))
+    assert [(r.name, r.status) for r in report.results] == [
+        ("case0", "done"),
+        ("case1", "done"),
+        ("case2", "done"),
+        ("huge", "failed"),
+    ]
+    assert refused == ["case1_0000.nii.gz"]
+    assert "99.0 GiB" in report.results[3].message
+    assert all(r.seconds > 0 for r in report.results)
