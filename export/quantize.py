@@ -9,16 +9,19 @@ Each variant may also be built in a mixed-precision form that keeps the most sen
 (the first and the last convolution: raw intensities in, class logits out) in floating point;
 :mod:`export.fidelity` decides which variants meet the bar.
 
-Dense layers (MatMul/Gemm: the DAFT blocks' small MLPs and the presence head of the HALOS-style
-network) always stay in floating point. They cost nothing next to the 3D convolutions, and
-their inputs (a globally pooled feature vector concatenated with a 0/0.5/1 prior) mix scales
-that one INT8 range per tensor represents badly; every decoder stage's scale and shift comes
-out of them, so their error reaches every voxel.
+Dense branches always stay in floating point: the DAFT blocks' small MLPs and the presence head
+of the HALOS-style network, from the global pooling and the concat with the prior to the Mul/Add
+that apply the per-channel scale and shift to the feature map. They cost nothing next to the 3D
+convolutions, and their inputs (a pooled feature vector concatenated with a 0/0.5/1 prior) mix
+scales that one INT8 range per tensor represents badly; every decoder stage's modulation comes
+out of them, so their error reaches every voxel. The modulated feature map itself is quantised
+where the next convolution reads it, like any other activation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,47 +64,119 @@ def _ov_conv_names(model: Any) -> list[str]:
     ]
 
 
-#: Operator types never quantised (see the module docstring), in ONNX and OpenVINO spelling.
+#: Operator types of dense layers, in ONNX and OpenVINO spelling.
 _DENSE_ONNX = ("MatMul", "Gemm")
 _DENSE_OPENVINO = ("MatMul",)
 
 
-#: Shape-only or pooling operators between a feature map and a dense layer (GAP, concat with
-#: the prior, flatten); ONNX Runtime would quantise their outputs, i.e. the dense input.
-_DENSE_FEEDERS = (
-    "Concat", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "GlobalAveragePool", "ReduceMean",
-    "GlobalMaxPool", "ReduceMax",
-)
+@dataclass(frozen=True)
+class _Node:
+    """One operator of a graph, reduced to what the dense-branch walk needs."""
+
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    dense: bool
+
+
+def _dense_branch(nodes: Sequence[_Node], is_map: Callable[[str], bool]) -> list[str]:
+    """Names of the nodes that compute on the per-channel vectors of the dense layers.
+
+    A DAFT block is ``x * (1 + scale) + shift`` with ``(scale, shift) = MLP([mean(x), prior])``:
+    the branch runs from the pooled feature map (``is_map`` false: batch x channels, or
+    spatial extent 1) through the MLP to the Mul/Add that apply it to the feature map. Walking
+    back from each dense layer over vector-valued tensors finds the pooling and the concat
+    with the prior; walking forward finds the slicing and the modulating Mul/Add, which are
+    kept (their output is a feature map, where the walk stops).
+    """
+    producer = {t: n for n in nodes for t in n.outputs}
+    consumers: dict[str, list[_Node]] = {}
+    for node in nodes:
+        for tensor in node.inputs:
+            consumers.setdefault(tensor, []).append(node)
+    branch: dict[str, None] = {}
+    pending = [n for n in nodes if n.dense]
+    while pending:
+        node = pending.pop()
+        if node.name in branch:
+            continue
+        branch[node.name] = None
+        if any(is_map(t) for t in node.outputs):
+            continue  # the modulated feature map: end of the branch
+        for tensor in node.inputs:  # back: pooling, concat with the prior
+            feeder = producer.get(tensor)
+            if feeder is not None and not is_map(tensor):
+                pending.append(feeder)
+        for tensor in node.outputs:  # forward: MLP, slicing, the Mul/Add on the feature map
+            pending.extend(consumers.get(tensor, ()))
+    return list(branch)
 
 
 def dense_node_names(onnx_path: str | Path) -> list[str]:
-    """Names of the MatMul/Gemm nodes of an ONNX graph and of the pooling/concat/reshape
-    nodes that feed them (so that the dense layers' inputs stay in floating point too)."""
+    """ONNX nodes of the dense branches (see :func:`_dense_branch`); none in a plain U-Net."""
     import onnx
 
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    producer = {out: node for node in graph.node for out in node.output}
-    names: list[str] = []
-    pending = [n for n in graph.node if n.op_type in _DENSE_ONNX]
-    seen: set[str] = set()
-    while pending:
-        node = pending.pop()
-        if node.name in seen:
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(onnx_path)))
+    graph = model.graph
+    if not any(n.op_type in _DENSE_ONNX for n in graph.node):
+        return []
+    shapes = {}
+    for info in [*graph.value_info, *graph.input, *graph.output]:
+        dims = info.type.tensor_type.shape.dim
+        shapes[info.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    constants = {init.name for init in graph.initializer}
+    nodes = [
+        _Node(n.name, tuple(i for i in n.input if i and i not in constants), tuple(n.output),
+              n.op_type in _DENSE_ONNX)
+        for n in graph.node
+    ]
+
+    def is_map(tensor: str) -> bool:
+        dims = shapes.get(tensor)
+        # Unknown shape: treat as a feature map (stop), the conservative choice.
+        return dims is None or (len(dims) > 2 and any(d != 1 for d in dims[2:]))
+
+    return _dense_branch(nodes, is_map)
+
+
+def _openvino_dense_names(model: Any) -> list[str]:
+    """OpenVINO friendly names of the dense branches of a converted model."""
+    ops = list(model.get_ordered_ops())
+    if not any(op.get_type_name() in _DENSE_OPENVINO for op in ops):
+        return []
+    shapes: dict[str, Any] = {}
+    nodes = []
+    for op in ops:
+        if op.get_type_name() in ("Constant", "Parameter"):
             continue
-        seen.add(node.name)
-        names.append(node.name)
-        for tensor in node.input:
-            feeder = producer.get(tensor)
-            if feeder is not None and feeder.op_type in _DENSE_FEEDERS:
-                pending.append(feeder)
-    return names
+        outputs = []
+        for index, port in enumerate(op.outputs()):
+            key = f"{op.get_friendly_name()}:{index}"
+            shapes[key] = port.get_partial_shape()
+            outputs.append(key)
+        inputs = []
+        for value in op.input_values():
+            source = value.get_node()
+            if source.get_type_name() != "Constant":
+                inputs.append(f"{source.get_friendly_name()}:{value.get_index()}")
+        nodes.append(_Node(op.get_friendly_name(), tuple(inputs), tuple(outputs),
+                           op.get_type_name() in _DENSE_OPENVINO))
+
+    def is_map(tensor: str) -> bool:
+        shape = shapes.get(tensor)
+        if shape is None or shape.rank.is_dynamic:
+            return True
+        dims = list(shape)
+        return len(dims) > 2 and any(d.is_dynamic or d.get_length() != 1 for d in dims[2:])
+
+    return _dense_branch(nodes, is_map)
 
 
-def _ignored_scope(conv_names: Sequence[str]) -> Any:
+def _ignored_scope(names: Sequence[str]) -> Any:
     import nncf
 
-    # validate=False: a plain U-Net has no dense layer, and that is not an error.
-    return nncf.IgnoredScope(names=list(conv_names), types=list(_DENSE_OPENVINO), validate=False)
+    # validate=False: a plain U-Net has no dense branch, and that is not an error.
+    return nncf.IgnoredScope(names=list(names), validate=False)
 
 
 def sensitive_layers(names: Sequence[str], count: int = 1) -> list[str]:
@@ -132,6 +207,7 @@ def quantize_openvino(
     names = onnx_input_names(onnx_path)
     model = ov.convert_model(str(onnx_path))
     ignored = sensitive_layers(_ov_conv_names(model), keep_fp) if keep_fp else []
+    dense = _openvino_dense_names(model)
     dataset = nncf.Dataset(_feeds(samples, names))
     quantized = nncf.quantize(
         model,
@@ -140,7 +216,7 @@ def quantize_openvino(
         # normalised CT intensities are far from symmetric around zero.
         preset=nncf.QuantizationPreset.MIXED,
         subset_size=len(samples),
-        ignored_scope=_ignored_scope(ignored),
+        ignored_scope=_ignored_scope([*ignored, *dense]),
     )
     ov.save_model(quantized, str(xml_path), compress_to_fp16=False)
     return {
@@ -148,7 +224,7 @@ def quantize_openvino(
         "preset": "mixed",
         "calibration_samples": len(samples),
         "fp_layers": ignored,
-        "fp_op_types": list(_DENSE_OPENVINO),
+        "fp_dense_branch_nodes": len(dense),
     }
 
 
@@ -208,7 +284,7 @@ def quantize_openvino_accuracy_aware(
         drop_type=nncf.DropType.ABSOLUTE,
         preset=nncf.QuantizationPreset.MIXED,
         subset_size=len(samples),
-        ignored_scope=_ignored_scope(()),
+        ignored_scope=_ignored_scope(_openvino_dense_names(model)),
         advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
             max_num_iterations=max_iterations,
             ranking_subset_size=min(len(samples), 6),
@@ -223,7 +299,6 @@ def quantize_openvino_accuracy_aware(
         "metric": "patch label agreement with fp32 (mean Dice), max absolute drop "
                   f"{max_drop}, at most {max_iterations} layer groups reverted",
         "fake_quantize_nodes": n_fake,
-        "fp_op_types": list(_DENSE_OPENVINO),
     }
 
 
@@ -279,7 +354,7 @@ def quantize_onnxruntime(
         except Exception:  # pre-processing is an optimisation; the raw graph quantises too
             source = Path(onnx_path)
         excluded = sensitive_layers(conv_node_names(source), keep_fp) if keep_fp else []
-        excluded += dense_node_names(source)
+        dense = dense_node_names(source)
         quantize_static(
             str(source),
             str(out_path),
@@ -289,7 +364,7 @@ def quantize_onnxruntime(
             weight_type=QuantType.QInt8,
             per_channel=True,
             calibrate_method=CalibrationMethod.MinMax,
-            nodes_to_exclude=excluded,
+            nodes_to_exclude=[*excluded, *dense],
         )
     except Exception as exc:
         raise EdgesegError(f"{onnx_path}: ONNX Runtime quantisation failed ({exc})") from exc
@@ -301,6 +376,7 @@ def quantize_onnxruntime(
         "format": "QDQ, per-channel int8 weights, uint8 activations, MinMax calibration",
         "calibration_samples": len(samples),
         "fp_layers": excluded,
+        "fp_dense_branch_nodes": len(dense),
     }
 
 

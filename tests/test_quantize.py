@@ -212,8 +212,9 @@ def test_presence_priors_cover_present_absent_and_unknown(exported) -> None:
     assert absent == {0, 1, 2}  # each organ is absent in some calibration sample
 
 
-def test_dense_layers_of_presence_network_stay_float(tmp_path) -> None:
-    """DAFT MLPs and the presence head (MatMul/Gemm) are never quantised, on either route."""
+def test_dense_branches_of_presence_network_stay_float(tmp_path) -> None:
+    """DAFT MLPs, their pooled/concatenated inputs, the Mul/Add that apply them and the presence
+    head are never quantised, on either route; the convolutions are."""
     import onnx
     import openvino as ov
     import torch
@@ -232,22 +233,54 @@ def test_dense_layers_of_presence_network_stay_float(tmp_path) -> None:
     ]
     fp32 = export_onnx(network, samples[0], tmp_path / "model.onnx",
                        ("image", "presence"), ("logits", "presence_logits"))
-    graph = onnx.load(str(fp32)).graph
-    assert any(n.op_type in ("MatMul", "Gemm") for n in graph.node)
 
-    quantize_openvino(fp32, samples, tmp_path / "int8.xml")
+    def is_vector(shape) -> bool:  # batch x channels, or spatial extent 1
+        dims = list(shape)
+        return len(dims) <= 2 or all(d.is_static and d.get_length() == 1 for d in dims[2:])
+
+    info = quantize_openvino(fp32, samples, tmp_path / "int8.xml")
+    assert info["fp_dense_branch_nodes"] > 0
     model = ov.Core().read_model(str(tmp_path / "int8.xml"))
     ops = model.get_ordered_ops()
-    assert any(op.get_type_name() == "FakeQuantize" for op in ops)  # the convolutions are
+    convs_quantised = [
+        op for op in ops if op.get_type_name() == "Convolution"
+        and op.input_value(0).get_node().get_type_name() == "FakeQuantize"
+    ]
+    assert convs_quantised
+    modulations = 0
     for op in ops:
+        feeders = [v.get_node() for v in op.input_values()]
+        kinds = [f.get_type_name() for f in feeders]
         if op.get_type_name() == "MatMul":
-            feeders = [op.input_value(i).get_node().get_type_name() for i in range(2)]
-            assert "FakeQuantize" not in feeders, op.get_friendly_name()
+            assert "FakeQuantize" not in kinds, op.get_friendly_name()
+        if op.get_type_name() in ("Multiply", "Add") and "Constant" not in kinds:
+            vectors = [is_vector(v.get_partial_shape()) for v in op.input_values()]
+            if any(vectors) and not all(vectors):  # feature map modulated by an MLP output
+                modulations += 1
+                assert "FakeQuantize" not in kinds, op.get_friendly_name()
+    assert modulations >= 2 * 3  # x * (1 + scale) + shift in each of the 3 DAFT blocks
 
-    quantize_onnxruntime(fp32, samples, tmp_path / "int8_qdq.onnx")
-    qdq = onnx.load(str(tmp_path / "int8_qdq.onnx")).graph
+    info = quantize_onnxruntime(fp32, samples, tmp_path / "int8_qdq.onnx")
+    assert info["fp_dense_branch_nodes"] > 0
+    qdq = onnx.shape_inference.infer_shapes(onnx.load(str(tmp_path / "int8_qdq.onnx"))).graph
     produced_by = {out: node.op_type for node in qdq.node for out in node.output}
-    assert "DequantizeLinear" in produced_by.values()
+    dims = {
+        v.name: [d.dim_value if d.HasField("dim_value") else None
+                 for d in v.type.tensor_type.shape.dim]
+        for v in qdq.value_info
+    }
+
+    def onnx_vector(tensor: str) -> bool:
+        shape = dims.get(tensor)
+        return shape is not None and (len(shape) <= 2 or all(d == 1 for d in shape[2:]))
+
+    assert any(n.op_type == "Conv" and produced_by.get(n.input[0]) == "DequantizeLinear"
+               for n in qdq.node)
     for node in qdq.node:
         if node.op_type in ("MatMul", "Gemm"):  # activation and weight inputs are float
             assert all(produced_by.get(i) != "DequantizeLinear" for i in node.input[:2]), node.name
+        if node.op_type in ("Mul", "Add") and "daft" in node.name:
+            # The feature map may arrive quantised (as any conv input); scale/shift may not.
+            for tensor in node.input:
+                if onnx_vector(tensor):
+                    assert produced_by.get(tensor) != "DequantizeLinear", (node.name, tensor)
