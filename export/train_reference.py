@@ -129,7 +129,7 @@ def prepare_cases(
     for seed in seeds:
         resected = case_resections(seed, config.resection_rate)
         # The resected organs are part of the name: another --resection-rate is another case.
-        stem = "_".join((f"case_{seed:05d}", *resected))
+        stem = f"case_{seed:05d}_" + ("-".join(resected) if resected else "intact")
         image_path = work / f"{stem}_image.npy"
         label_path = work / f"{stem}_label.npy"
         if not (image_path.exists() and label_path.exists()):
