@@ -157,6 +157,11 @@ class Predictor:
             self.options.threads,
             self.options.openvino_precision_hint,
         )
+        self.notes: list[str] = []
+        ran = str(getattr(self.session, "inference_precision", ""))
+        if self.session.choice.precision == "bf16" and "bf" not in ran:
+            # OpenVINO falls back silently on CPUs without AVX512-BF16/AMX; say so.
+            self.notes.append("--precision bf16: this CPU has no bf16 support; ran float32")
         self.organs = self.bundle.organs
         self.presence_names = list(
             self.bundle.presence_input or sorted(self.organs, key=self.organs.get)
@@ -199,7 +204,7 @@ class Predictor:
         started = time.perf_counter()
         bundle, options = self.bundle, self.options
         timings: dict[str, float] = {}
-        notes: list[str] = []
+        notes: list[str] = list(self.notes)
         scan = volume
         z_keep = slice(0, volume.shape[0])
         if self.crop.mode == "middle":

@@ -190,3 +190,19 @@ def test_pipelined_batch_retries_a_memory_refusal_once_alone(
     assert refused == ["case1_0000.nii.gz"]
     assert "99.0 GiB" in report.results[3].message
     assert all(r.seconds > 0 for r in report.results)
+
+
+def test_bf16_request_on_a_cpu_without_bf16_says_it_ran_float32(
+    static_bundle: Path, tmp_path: Path
+) -> None:
+    import openvino as ov
+
+    has_bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    volume = read_volume(write_scan(tmp_path / "scan.nii.gz"))
+    prediction = Predictor(static_bundle, PredictOptions(precision="bf16", threads=1)).predict(
+        volume
+    )
+    fell_back = any("no bf16 support" in note for note in prediction.notes)
+    assert fell_back == (not has_bf16)
+    fp32 = Predictor(static_bundle, PredictOptions(precision="fp32", threads=1)).predict(volume)
+    assert not fp32.notes
