@@ -4,8 +4,12 @@
 of 0.5: about 1/8 of the patches in 3D; one centred patch in-plane when the plane is at most
 1.5 patches wide), the box around everything it calls an organ is widened
 by a margin, and the full overlapping sliding window runs on that box only. Outside it the label
-is background. ``middle:N`` keeps the middle N slices of the scan (as one FLARE23 entry did); it
-is kept for comparison and loses organs in long scans. ``none`` segments everything.
+is background. The box is drawn around the main cluster of organs: small detections far from
+it (a network's false positives in the air at the image corners, say) would otherwise stretch
+the box to the whole scan and make the crop pointless.
+
+``middle:N`` keeps the middle N slices of the scan (as one FLARE23 entry did); it is kept for
+comparison and loses organs in long scans. ``none`` segments everything.
 """
 
 from __future__ import annotations
@@ -87,18 +91,69 @@ def coarse_foreground(
     return found[inner]
 
 
+#: A detection cluster smaller than this share of the largest one does not shape the box.
+MIN_CLUSTER_SHARE = 0.05
+
+#: Cell size (voxels per axis) of the grid on which detections are clustered.
+_CLUSTER_CELL = 4
+
+
+def main_organ_cluster(
+    found: np.ndarray,
+    spacing_mm: Sequence[float],
+    margin_mm: float = DEFAULT_MARGIN_MM,
+    min_share: float = MIN_CLUSTER_SHARE,
+) -> np.ndarray:
+    """``found`` without the detections that lie apart from the organs and are small.
+
+    Abdominal organs touch or lie within a few centimetres of each other, so detections
+    closer than twice ``margin_mm`` are grouped into one cluster (on a coarse grid of
+    ``_CLUSTER_CELL``-voxel cells, dilated by the margin; cheap). Clusters holding fewer than
+    ``min_share`` of the largest cluster's voxels are dropped.
+
+    Examples
+    --------
+    >>> found = np.zeros((60, 60, 60), bool)
+    >>> found[10:30, 10:30, 10:30] = True  # the organs
+    >>> found[59, 59, 59] = True           # a stray voxel in a corner, 9 cm away
+    >>> kept = main_organ_cluster(found, (3.0, 3.0, 3.0))
+    >>> bool(kept[59, 59, 59]), int(kept.sum())
+    (False, 8000)
+    """
+    import cc3d
+    from scipy.ndimage import binary_dilation
+
+    if not found.any():
+        return found
+    cell = _CLUSTER_CELL
+    padded = np.pad(found, [(0, -n % cell) for n in found.shape])
+    shape = [n // cell for n in padded.shape]
+    counts = padded.reshape(shape[0], cell, shape[1], cell, shape[2], cell).sum(axis=(1, 3, 5))
+    occupied = counts > 0
+    reach = [max(1, int(np.ceil(margin_mm / (float(s) * cell)))) for s in spacing_mm]
+    grown = binary_dilation(occupied, structure=np.ones([2 * r + 1 for r in reach], bool))
+    clusters = cc3d.connected_components(grown, connectivity=26)
+    sizes = np.bincount(clusters.ravel(), weights=counts.ravel())
+    sizes[0] = 0
+    kept = sizes >= min_share * sizes.max()
+    keep_cells = kept[clusters]
+    keep = np.repeat(np.repeat(np.repeat(keep_cells, cell, 0), cell, 1), cell, 2)
+    return found & keep[tuple(slice(0, n) for n in found.shape)]
+
+
 def organ_box(
     found: np.ndarray,
     spacing_mm: Sequence[float],
     patch_size: Sequence[int],
     margin_mm: float = DEFAULT_MARGIN_MM,
 ) -> tuple[slice, ...] | None:
-    """Box (network grid) around the found organs plus a margin, at least one patch wide.
+    """Box (network grid) around the main organ cluster plus a margin, at least one patch wide.
 
     Returns None when nothing was found (the caller then segments the whole image).
     """
     if not found.any():
         return None
+    found = main_organ_cluster(found, spacing_mm, margin_mm)
     box = []
     for axis in range(found.ndim):
         other = tuple(a for a in range(found.ndim) if a != axis)

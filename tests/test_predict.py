@@ -16,7 +16,7 @@ from helpers_bundle import LABELS, make_bundle, make_phantom
 
 from edge_seg.backends.base import choose_model
 from edge_seg.bundle import load_bundle
-from edge_seg.crop import coarse_foreground, parse_crop
+from edge_seg.crop import coarse_foreground, main_organ_cluster, organ_box, parse_crop
 from edge_seg.errors import EdgesegError
 from edge_seg.io import Volume
 from edge_seg.postprocess import keep_largest_component
@@ -197,8 +197,15 @@ def test_precision_auto_picks_fastest_validated(plain_bundle: Path, tmp_path: Pa
     assert choose_model(bundle, "openvino", "auto").file_key == "int8_openvino"
     assert choose_model(bundle, "onnxruntime", "auto").file_key == "int8_onnx"
     # A validated INT8 model the fidelity report timed slower than fp32 is not "fastest".
-    bundle.fidelity = {"variants": {"int8_onnx": {
-        "shipped_as": "int8_onnx", "passed": True, "latency_ratio_int8_vs_fp32": 2.7}}}
+    bundle.fidelity = {
+        "variants": {
+            "int8_onnx": {
+                "shipped_as": "int8_onnx",
+                "passed": True,
+                "latency_ratio_int8_vs_fp32": 2.7,
+            }
+        }
+    }
     assert choose_model(bundle, "onnxruntime", "auto").precision == "fp32"
     assert choose_model(bundle, "onnxruntime", "int8").file_key == "int8_onnx"
     assert choose_model(bundle, "openvino", "auto").file_key == "int8_openvino"
@@ -224,6 +231,47 @@ def test_auto_crop_keeps_accuracy_middle_crop_loses_organs(plain_bundle: Path) -
         assert dice(labels["auto"] == value, long_truth == value) == pytest.approx(full, abs=0.02)
     assert (labels["middle:30"][:20] > 0).sum() == 0
     assert dice(labels["middle:30"] > 0, long_truth > 0) < 0.5
+
+
+def test_organ_box_ignores_small_detections_far_from_the_organs() -> None:
+    found = np.zeros((80, 80, 80), bool)
+    found[20:40, 20:40, 20:40] = True  # liver-like block
+    found[20:30, 20:30, 46:52] = True  # a neighbour 18 mm away: same cluster
+    found[75:78, 0:3, 76:79] = True  # 27 voxels in a far corner: a false positive
+    kept = main_organ_cluster(found, (3.0, 3.0, 3.0))
+    assert kept[20:40, 20:40, 20:40].all() and kept[20:30, 20:30, 46:52].all()
+    assert not kept[75:78, 0:3, 76:79].any()
+    box = organ_box(found, (3.0, 3.0, 3.0), (16, 16, 16))
+    assert box is not None
+    margin = 7  # 20 mm at 3 mm
+    assert box == (
+        slice(20 - margin, 40 + margin),
+        slice(20 - margin, 40 + margin),
+        slice(20 - margin, 52 + margin),
+    )
+    # A far detection that is not small (>= 5 % of the main cluster) is an organ: kept.
+    found[60:80, 0:10, 70:80] = True
+    assert main_organ_cluster(found, (3.0, 3.0, 3.0))[60:80, 0:10, 70:80].all()
+
+
+def test_auto_crop_drops_stray_detection_far_from_the_organs(plain_bundle: Path) -> None:
+    image, truth = make_phantom(shape=(24, 40, 44), spacing_mm=SPACING)
+    wide = np.full((24, 120, 120), -1000, np.int16)
+    wide_truth = np.zeros(wide.shape, np.uint8)
+    wide[:, :40, :44], wide_truth[:, :40, :44] = image, truth
+    wide[10:13, 112:116, 112:116] = 300  # a spleen-bright speck in the far corner
+    volume = Volume(wide, SPACING)
+    labels = {}
+    for crop in ("none", "auto"):  # no LCC: it would remove the speck by itself
+        options = PredictOptions(precision="fp32", crop=crop, lcc=False)
+        labels[crop] = Predictor(plain_bundle, options).predict(volume).labels
+    none, auto = labels["none"], labels["auto"]
+    assert (none[10:13, 112:116, 112:116] > 0).any()  # crop none labels the speck
+    assert not (auto[:, 100:, 100:] > 0).any()
+    for value in (1, 2, 3):
+        assert dice(auto == value, wide_truth == value) == pytest.approx(
+            dice(none == value, wide_truth == value), abs=0.02
+        )
 
 
 def test_absent_organ_is_excluded_before_argmax_without_holes(plain_bundle: Path, phantom) -> None:
