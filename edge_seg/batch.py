@@ -11,7 +11,13 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import (
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    as_completed,
+    wait,
+)
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -157,6 +163,12 @@ class _Writing:
         return CaseResult(self.name, "done", "", seconds)
 
 
+def _wait_for(writing: _Writing | None) -> None:
+    """Let a background write finish (its outcome is reported later, in order)."""
+    if writing is not None:
+        wait([writing.job])
+
+
 def _run_pipelined(
     todo: list[tuple[Path, Path]],
     reading: Future[Volume],
@@ -185,37 +197,24 @@ def _run_pipelined(
             ahead = reading
             if index + 1 < len(todo):
                 reading = reader.submit(read_volume, str(todo[index + 1][0]))
-            message, retry_read = None, False
+            message = None
             volume = prediction = None
             try:
-                volume = ahead.result()
-            except NotEnoughMemoryError:
-                retry_read = True
+                try:
+                    volume = ahead.result()
+                except NotEnoughMemoryError:
+                    _wait_for(writing)  # it was read beside the last case's work: read alone
+                    volume = read_volume(scan)
+                try:
+                    prediction = predictor.predict(volume)
+                except NotEnoughMemoryError:
+                    if writing is None:
+                        raise
+                    _wait_for(writing)
+                    prediction = predictor.predict(volume)
             except Exception as exc:
                 message = _failure(str(scan), exc)
             del ahead  # the Future would keep this volume alive for the whole batch
-            if retry_read:
-                if writing is not None:
-                    yield writing.finish()
-                    writing = None
-                try:
-                    volume = read_volume(scan)
-                except Exception as exc:
-                    message = _failure(str(scan), exc)
-            if message is None:
-                for attempt in range(2):
-                    try:
-                        prediction = predictor.predict(volume)
-                    except NotEnoughMemoryError as exc:
-                        if writing is None or attempt:
-                            message = str(exc)
-                            break
-                        yield writing.finish()
-                        writing = None
-                        continue
-                    except Exception as exc:
-                        message = _failure(str(scan), exc)
-                    break
             if writing is not None:
                 yield writing.finish()
                 writing = None

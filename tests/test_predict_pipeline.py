@@ -36,6 +36,15 @@ def write_scan(path: Path, seed: int = 0, shape: tuple[int, int, int] = (24, 40,
     return path
 
 
+def scan_folder(folder: Path, count: int) -> tuple[Path, Path]:
+    """``folder/in`` with scans case0..case{count-1} (nnU-Net names) and ``folder/out``."""
+    inputs = folder / "in"
+    inputs.mkdir()
+    for i in range(count):
+        write_scan(inputs / f"case{i}_0000.nii.gz", seed=i)
+    return inputs, folder / "out"
+
+
 @pytest.fixture(scope="module")
 def dynamic_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_bundle(tmp_path_factory.mktemp("dynamic"), dynamic=True)
@@ -111,10 +120,7 @@ def test_compile_beside_read_reports_option_error_before_scan_error(
 def test_pipelined_batch_keeps_order_and_goes_past_bad_cases(
     static_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    inputs, outputs = tmp_path / "in", tmp_path / "out"
-    inputs.mkdir()
-    for i in range(4):
-        write_scan(inputs / f"case{i}_0000.nii.gz", seed=i)
+    inputs, outputs = scan_folder(tmp_path, 4)
     (inputs / "case1_0000.nii.gz").write_bytes(b"truncated")  # fails while read ahead
     real_write = batch.write_label_map
 
@@ -163,10 +169,7 @@ def test_pipelined_batch_retries_a_memory_refusal_once_alone(
     """A scan refused for memory while read ahead is read again once nothing else runs."""
     from edge_seg.errors import NotEnoughMemoryError
 
-    inputs, outputs = tmp_path / "in", tmp_path / "out"
-    inputs.mkdir()
-    for i in range(3):
-        write_scan(inputs / f"case{i}_0000.nii.gz", seed=i)
+    inputs, outputs = scan_folder(tmp_path, 3)
     write_scan(inputs / "huge_0000.nii.gz", seed=9)
     refused: list[str] = []
 
