@@ -3,11 +3,12 @@
 Steps: split the images into calibration and held-out sets; cut calibration patches (real,
 preprocessed); quantise for each backend; predict the held-out images with fp32 and with the
 INT8 candidate through the runtime; keep a variant only if its label agreement meets the bar,
-and when it does not, try the mixed-precision fallbacks - first/last convolution in floating
-point, then (OpenVINO) NNCF's accuracy-aware quantisation, which reverts the layers that cost
-agreement - and report every attempt. Work happens in a hidden temporary folder inside the
-bundle; validated files are renamed into place and ``edgeseg.json`` is rewritten last,
-atomically, so an interrupted run leaves the bundle as it was.
+and when it does not, try the mixed-precision fallbacks - the first/last 1, 2, then 3
+convolutions in floating point, then (OpenVINO) NNCF's accuracy-aware quantisation, which
+reverts the layers that cost agreement - and report every attempt. Work happens in a hidden
+temporary folder inside the bundle; validated files are renamed into place and
+``edgeseg.json`` is rewritten last, atomically, so an interrupted run leaves the bundle as it
+was.
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ from edge_seg.bundle import Bundle, load_bundle
 from edge_seg.errors import EdgesegError
 from export.calibration import DEFAULT_PATCHES_PER_IMAGE, list_images, patch_set, read_images
 from export.fidelity import AGREEMENT_BAR, Run, compare, predict_all
-from export.quantize import ACCURACY_AWARE, BACKENDS, OPENVINO, quantize_variant
+from export.quantize import (
+    ACCURACY_AWARE,
+    BACKENDS,
+    MIXED_LEVELS,
+    OPENVINO,
+    mixed_suffix,
+    quantize_variant,
+)
 
 #: Bundle ``files`` key of each backend's INT8 model.
 FILE_KEYS = {OPENVINO: "int8_openvino", "onnxruntime": "int8_onnx"}
@@ -121,7 +129,7 @@ def quantize_bundle(
             reference = predict_all(work, backend, "fp32", holdout_volumes, threads)
             attempts = [(key, 0)]
             if mixed_fallback:
-                attempts.append((f"{key}_mixed", 1))
+                attempts += [(f"{key}{mixed_suffix(n)}", n) for n in MIXED_LEVELS]
                 if backend == OPENVINO and accuracy_aware:
                     attempts.append((f"{key}_accuracy_aware", ACCURACY_AWARE))
             for variant, keep_fp in attempts:
