@@ -209,3 +209,16 @@ def test_bf16_request_on_a_cpu_without_bf16_says_it_ran_float32(
     assert fell_back == (not has_bf16)
     fp32 = Predictor(static_bundle, PredictOptions(precision="fp32", threads=1)).predict(volume)
     assert not fp32.notes
+
+
+def test_organ_volumes_count_every_slab_and_ignore_unknown_labels() -> None:
+    from edge_seg.postprocess import organ_volumes_ml
+
+    # 2048x2048 planes: one plane per counting slab, so all three slabs must be summed.
+    labels = np.zeros((3, 2048, 2048), dtype=np.uint8)
+    labels[0, :10, :10] = 1
+    labels[2, :20, :5] = 1
+    labels[1, 100:110, :] = 7  # a label the table does not list
+    volumes = organ_volumes_ml(labels, (2.0, 0.5, 0.5), {"liver": 1, "spleen": 3})
+    voxel_ml = 2.0 * 0.5 * 0.5 / 1000
+    assert volumes == pytest.approx({"liver": 200 * voxel_ml, "spleen": 0.0})
