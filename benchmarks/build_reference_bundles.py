@@ -90,6 +90,9 @@ def main() -> None:
     parser.add_argument("--no-accuracy-aware", action="store_true",
                         help="skip NNCF's accuracy-aware fallback (minutes per model)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/edgeseg_ref"))
+    parser.add_argument("--backends", default="openvino,onnxruntime",
+                        help="INT8 routes to build (comma list; ONNX Runtime's QDQ attempts "
+                             "take minutes each on x86, where they run 3x slower than fp32)")
     args = parser.parse_args()
 
     calib = write_phantoms(args.work / "calib", CALIB_SEED, args.calib_cases)
@@ -98,6 +101,8 @@ def main() -> None:
                 "--patches-per-image", str(args.patches_per_image)]
     if args.no_accuracy_aware:
         quantize.append("--no-accuracy-aware")
+    for backend in args.backends.split(","):
+        quantize += ["--backend", backend]
     only = set(args.only.split(","))
 
     if "plain" in only:
@@ -136,7 +141,8 @@ def write_export_report(args: argparse.Namespace, bundles: list[Path]) -> None:
              "Command: `python benchmarks/build_reference_bundles.py "
              f"--calib-cases {args.calib_cases} --holdout-cases {args.holdout_cases} "
              f"--patches-per-image {args.patches_per_image}"
-             f"{' --no-accuracy-aware' if args.no_accuracy_aware else ''}`", "",
+             f"{' --no-accuracy-aware' if args.no_accuracy_aware else ''}"
+             f" --only {args.only} --backends {args.backends}`", "",
              "ONNX Runtime vs PyTorch on a real preprocessed patch (held-out phantom), "
              "max abs difference per output:", "",
              "| bundle | instance norm in graph | max abs diff | max abs logit | patch |",
