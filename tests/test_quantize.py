@@ -265,6 +265,11 @@ def test_dense_branches_of_presence_network_stay_float(tmp_path) -> None:
                 modulations += 1
                 assert "FakeQuantize" not in kinds, op.get_friendly_name()
     assert modulations >= 2 * 3  # x * (1 + scale) + shift in each of the 3 DAFT blocks
+    # Instance norms read the float convolution output (NNCF would round it to INT8 first).
+    norms = [op for op in ops if op.get_type_name() == "MVN"]
+    assert norms
+    for op in norms:
+        assert op.input_value(0).get_node().get_type_name() != "FakeQuantize"
 
     info = quantize_onnxruntime(fp32, samples, tmp_path / "int8_qdq.onnx")
     assert info["fp_dense_branch_nodes"] > 0
@@ -282,6 +287,8 @@ def test_dense_branches_of_presence_network_stay_float(tmp_path) -> None:
 
     assert any(n.op_type == "Conv" and produced_by.get(n.input[0]) == "DequantizeLinear"
                for n in qdq.node)
+    norms = [n for n in qdq.node if n.op_type == "InstanceNormalization"]
+    assert norms and all(produced_by.get(n.input[0]) != "DequantizeLinear" for n in norms)
     for node in qdq.node:
         if node.op_type in ("MatMul", "Gemm"):  # activation and weight inputs are float
             assert all(produced_by.get(i) != "DequantizeLinear" for i in node.input[:2]), node.name
