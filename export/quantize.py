@@ -402,7 +402,10 @@ def quantize_onnxruntime(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             per_channel=True,
-            calibrate_method=CalibrationMethod.MinMax,
+            # Percentile (99.999 %) ranges: on the plain reference model MinMax gave 0.977
+            # agreement with fp32, Percentile 0.981 (held-out phantoms, LCC on); one outlier
+            # activation in a calibration patch no longer stretches a whole tensor's range.
+            calibrate_method=CalibrationMethod.Percentile,
             nodes_to_exclude=[*excluded, *dense, *norms],
             # QDQ quantises a convolution's output for QLinearConv fusion; where instance
             # norms read those outputs that is the rounding the module docstring describes.
@@ -417,7 +420,7 @@ def quantize_onnxruntime(
         prepared.unlink(missing_ok=True)
     return {
         "tool": f"onnxruntime.quantization {onnxruntime.__version__}",
-        "format": "QDQ, per-channel int8 weights, uint8 activations, MinMax calibration",
+        "format": "QDQ, per-channel int8 weights, uint8 activations, percentile calibration",
         "calibration_samples": len(samples),
         "fp_layers": excluded,
         "fp_dense_branch_nodes": len(dense),
