@@ -82,12 +82,13 @@ def organ_volumes_ml(
     labels: np.ndarray, spacing_mm: Sequence[float], organs: Mapping[str, int]
 ) -> dict[str, float]:
     """Volume in ml of each organ (``{name: label}``) in a label map."""
-    top = max(int(labels.max(initial=0)), *organs.values(), 0) + 1
+    top = max(organs.values(), default=0) + 1
     counts = np.zeros(top, dtype=np.int64)
     # bincount casts its input to int64: slab by slab that is a few MB at a time instead of
-    # 8 bytes per voxel of a whole CT at once (4x faster on a 512x512x300 map).
-    rows = max(1, (1 << 22) // max(1, labels[0].size)) if labels.ndim > 1 else labels.size
+    # 8 bytes per voxel of a whole CT at once (4x faster on a 512x512x300 map). Labels above
+    # the table's are no organ and are dropped per slab, so no pass is needed to find the max.
+    rows = max(1, (1 << 22) // max(1, int(np.prod(labels.shape[1:]))))
     for start in range(0, labels.shape[0], rows):
-        counts += np.bincount(labels[start : start + rows].ravel(), minlength=top)
+        counts += np.bincount(labels[start : start + rows].ravel(), minlength=top)[:top]
     voxel_ml = float(np.prod(spacing_mm)) / 1000.0
     return {name: float(counts[value]) * voxel_ml for name, value in organs.items() if value > 0}

@@ -72,12 +72,17 @@ def onnx_input_names(onnx_path: str | Path) -> list[str]:
     return [i.name for i in model.graph.input if i.name not in initializers]
 
 
-def conv_node_names(onnx_path: str | Path) -> list[str]:
-    """Names of the Conv/ConvTranspose nodes of an ONNX graph, in graph order."""
+def _onnx_node_names(onnx_path: str | Path, op_types: Sequence[str]) -> list[str]:
+    """Names of the nodes of the given operator types in an ONNX graph, in graph order."""
     import onnx
 
     model = onnx.load(str(onnx_path), load_external_data=False)
-    return [n.name for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose")]
+    return [n.name for n in model.graph.node if n.op_type in op_types]
+
+
+def conv_node_names(onnx_path: str | Path) -> list[str]:
+    """Names of the Conv/ConvTranspose nodes of an ONNX graph, in graph order."""
+    return _onnx_node_names(onnx_path, ("Conv", "ConvTranspose"))
 
 
 def _ov_conv_names(model: Any) -> list[str]:
@@ -210,10 +215,7 @@ def _ignored_scope(names: Sequence[str]) -> Any:
 
 def norm_node_names(onnx_path: str | Path) -> list[str]:
     """Names of the ONNX normalisation nodes (kept float, see the module docstring)."""
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    return [n.name for n in model.graph.node if n.op_type in NORM_TYPES_ONNX]
+    return _onnx_node_names(onnx_path, NORM_TYPES_ONNX)
 
 
 def sensitive_layers(names: Sequence[str], count: int = 1) -> list[str]:
