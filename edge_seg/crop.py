@@ -1,12 +1,17 @@
 """Test-time cropping: segment only the part of the scan that holds the organs.
 
-``auto``: a cheap first pass runs the network once over non-overlapping patches (step 1 instead
-of 0.5: about 1/8 of the patches in 3D; one centred patch in-plane when the plane is at most
-1.5 patches wide), the box around everything it calls an organ is widened
-by a margin, and the full overlapping sliding window runs on that box only. Outside it the label
-is background. The box is drawn around the main cluster of organs: small detections far from
-it (a network's false positives in the air at the image corners, say) would otherwise stretch
-the box to the whole scan and make the crop pointless.
+``auto``: a cheap first pass runs the network once over about non-overlapping patches (every
+other patch of the full sliding-window grid: about 1/8 of the patches in 3D; one centred patch
+in-plane when the plane is at most 1.5 patches wide), the box around everything it calls an
+organ is widened by a margin, and the overlapping sliding window runs on that box only. Outside
+it the label is background. The box is drawn around the main cluster of organs: small
+detections far from it (a network's false positives in the air at the image corners, say)
+would otherwise stretch the box to the whole scan and make the crop pointless.
+
+The main pass places its patches on the full image's grid where that costs no more than a
+grid of the box's own (:func:`plan_tiles`): the first-pass tiles inside the box are then
+patches of the main pass too and are not run again, and inside the box the logits are exactly
+those of ``--crop none`` along those axes.
 
 ``middle:N`` keeps the middle N slices of the scan (as one FLARE23 entry did); it is kept for
 comparison and loses organs in long scans. ``none`` segments everything.
@@ -14,8 +19,9 @@ comparison and loses organs in long scans. ``none`` segments everything.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -58,22 +64,73 @@ def middle_slices(n_slices: int, keep: int) -> slice:
     return slice(start, start + keep)
 
 
+@dataclass
+class FirstPass:
+    """What the localisation pass found.
+
+    Attributes
+    ----------
+    found : np.ndarray
+        Boolean (Z, Y, X) map of voxels the network labels as an organ.
+    starts : list of list of int
+        Patch starts per axis that the pass ran (padded image coordinates).
+    tiles : dict
+        Logits (K, *patch) of the tiles kept for reuse, by start (z, y, x) in padded
+        coordinates; empty unless asked for.
+    """
+
+    found: np.ndarray
+    starts: list[list[int]]
+    tiles: dict[tuple[int, int, int], np.ndarray] = field(default_factory=dict)
+
+
+#: Memory the first pass may hold in tile logits kept for the main pass to reuse.
+TILE_CACHE_BYTES = 512 * 2**20
+
+
+def first_pass_starts(
+    padded_shape: Sequence[int], patch_size: Sequence[int], step: float
+) -> list[list[int]]:
+    """Patch starts of the first pass: every other start of the full sliding-window grid.
+
+    That grid places patches at most ``step * patch`` apart; every other one of them (and
+    the last) still covers the image without gaps when ``step <= 0.5``, and each such tile is
+    also a tile of the full grid, so the main pass can reuse its logits. Where the plane is at
+    most 1.5 patches wide, one centred patch sees the organs (they sit mid-plane) and the
+    first pass costs half or a quarter as much.
+    """
+    grid = window_starts(padded_shape, patch_size, step)
+    starts = []
+    for axis, (size, patch) in enumerate(zip(padded_shape, patch_size, strict=True)):
+        if axis > 0 and len(grid[axis]) > 1 and size <= 1.5 * patch:
+            starts.append([(size - patch) // 2])
+            continue
+        picked = grid[axis][::2] if step <= 0.5 else window_starts([size], [patch], 1.0)[0]
+        if picked[-1] != grid[axis][-1] and step <= 0.5:
+            picked.append(grid[axis][-1])
+        starts.append(picked)
+    return starts
+
+
 def coarse_foreground(
-    image: np.ndarray, patch_size: Sequence[int], run_patch: PatchRunner
-) -> np.ndarray:
-    """Boolean (Z, Y, X) map of voxels the network labels as an organ, from one pass of
-    non-overlapping patches (no Gaussian averaging)."""
+    image: np.ndarray,
+    patch_size: Sequence[int],
+    run_patch: PatchRunner,
+    step: float = 0.5,
+    keep_tiles: bool = False,
+) -> FirstPass:
+    """Run the network once over (about) non-overlapping patches and map what it calls organ.
+
+    No Gaussian averaging: a voxel is organ where any tile covering it says so.
+    ``keep_tiles`` keeps the tiles' logits (up to :data:`TILE_CACHE_BYTES`) for the main pass.
+    """
     patch = tuple(int(p) for p in patch_size)
     pads = padding_for(image.shape[1:], patch)
     padded = np.pad(image, [(0, 0), *pads]) if any(lo or hi for lo, hi in pads) else image
     found = np.zeros(padded.shape[1:], dtype=bool)
-    starts = window_starts(padded.shape[1:], patch, 1.0)
-    for axis in (1, 2):
-        # The organs sit mid-plane: where the plane is at most 1.5 patches wide, one centred
-        # patch sees them, and the first pass costs half or a quarter as much.
-        size = padded.shape[1 + axis]
-        if len(starts[axis]) == 2 and size <= 1.5 * patch[axis]:
-            starts[axis] = [(size - patch[axis]) // 2]
+    starts = first_pass_starts(padded.shape[1:], patch, step)
+    tiles: dict[tuple[int, int, int], np.ndarray] = {}
+    kept_bytes = 0
     for zs in starts[0]:
         for ys in starts[1]:
             for xs in starts[2]:
@@ -87,8 +144,11 @@ def coarse_foreground(
                 # argmax != background, without the argmax: some organ beats background
                 # strictly (argmax breaks ties towards class 0). Ten times cheaper per tile.
                 found[region] |= logits[1:].max(axis=0) > logits[0]
+                if keep_tiles and kept_bytes + logits.nbytes <= TILE_CACHE_BYTES:
+                    tiles[(zs, ys, xs)] = logits
+                    kept_bytes += logits.nbytes
     inner = tuple(slice(lo, lo + n) for (lo, _), n in zip(pads, image.shape[1:], strict=True))
-    return found[inner]
+    return FirstPass(found[inner], starts, tiles)
 
 
 #: A detection cluster smaller than this share of the largest one does not shape the box.
@@ -141,13 +201,10 @@ def main_organ_cluster(
     return found & keep[tuple(slice(0, n) for n in found.shape)]
 
 
-def organ_box(
-    found: np.ndarray,
-    spacing_mm: Sequence[float],
-    patch_size: Sequence[int],
-    margin_mm: float = DEFAULT_MARGIN_MM,
+def organ_extent(
+    found: np.ndarray, spacing_mm: Sequence[float], margin_mm: float = DEFAULT_MARGIN_MM
 ) -> tuple[slice, ...] | None:
-    """Box (network grid) around the main organ cluster plus a margin, at least one patch wide.
+    """Box (network grid) around the main organ cluster plus ``margin_mm``, inside the image.
 
     Returns None when nothing was found (the caller then segments the whole image).
     """
@@ -159,15 +216,122 @@ def organ_box(
         other = tuple(a for a in range(found.ndim) if a != axis)
         hits = np.flatnonzero(found.any(axis=other))
         margin = int(np.ceil(margin_mm / float(spacing_mm[axis])))
-        size = found.shape[axis]
-        lo, hi = max(int(hits[0]) - margin, 0), min(int(hits[-1]) + 1 + margin, size)
-        short = int(patch_size[axis]) - (hi - lo)
-        if short > 0:  # widen to one patch, staying inside the image where possible
-            lo = max(lo - short // 2, 0)
-            hi = min(lo + int(patch_size[axis]), size)
-            lo = max(hi - int(patch_size[axis]), 0)
+        lo = max(int(hits[0]) - margin, 0)
+        hi = min(int(hits[-1]) + 1 + margin, found.shape[axis])
         box.append(slice(lo, hi))
     return tuple(box)
+
+
+def _widened(lo: int, hi: int, patch: int, size: int) -> tuple[int, int]:
+    """[lo, hi) widened to one patch where shorter, staying inside [0, size) where possible."""
+    short = patch - (hi - lo)
+    if short > 0:
+        lo = max(lo - short // 2, 0)
+        hi = min(lo + patch, size)
+        lo = max(hi - patch, 0)
+    return lo, hi
+
+
+def organ_box(
+    found: np.ndarray,
+    spacing_mm: Sequence[float],
+    patch_size: Sequence[int],
+    margin_mm: float = DEFAULT_MARGIN_MM,
+) -> tuple[slice, ...] | None:
+    """:func:`organ_extent`, widened to at least one patch on every axis."""
+    extent = organ_extent(found, spacing_mm, margin_mm)
+    if extent is None:
+        return None
+    return tuple(
+        slice(*_widened(s.start, s.stop, int(p), n))
+        for s, p, n in zip(extent, patch_size, found.shape, strict=True)
+    )
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """The patches the main pass runs over a box.
+
+    Attributes
+    ----------
+    starts : list of list of int
+        Patch starts per axis, padded image coordinates (as :func:`sliding_window` takes them).
+    reused : list of tuple of int
+        First-pass tiles among them, whose logits need not be computed again.
+    exact_axes : tuple of bool
+        Per axis, whether the starts are those of the full-image grid: along such axes the
+        averaged logits inside the box equal those of ``--crop none``.
+    """
+
+    starts: list[list[int]]
+    reused: list[tuple[int, ...]]
+    exact_axes: tuple[bool, ...]
+
+    @property
+    def runs(self) -> int:
+        """Patches the network still has to run."""
+        return int(np.prod([len(s) for s in self.starts])) - len(self.reused)
+
+
+def plan_tiles(
+    box: Sequence[slice],
+    image_shape: Sequence[int],
+    patch_size: Sequence[int],
+    step: float,
+    first_pass: Sequence[Sequence[int]] | None = None,
+) -> TilePlan:
+    """Choose the sliding-window patches that cover ``box`` with the fewest network runs.
+
+    Per axis there are up to three ways to place the patches:
+
+    - *full grid*: the patches of the whole image's grid that reach into the box (inside the
+      box the result is then the same as without cropping);
+    - *box grid*: a grid of its own over the box, widened to one patch (often one patch fewer);
+    - *first-pass tile*: one patch of the first pass that holds the box on its own.
+
+    The cost of a choice is the number of patches minus those the first pass already ran
+    (``first_pass``: its starts per axis; their logits are reused). Ties go to the full grid.
+
+    Examples
+    --------
+    >>> plan = plan_tiles((slice(30, 90), slice(0, 64), slice(0, 64)), (200, 64, 64),
+    ...                   (48, 64, 64), 0.5, first_pass=[[0, 43, 87, 130, 152], [0], [0]])
+    >>> plan.starts[0], plan.runs, plan.exact_axes
+    ([0, 22, 43, 65, 87], 2, (True, True, True))
+    """
+    patch = [int(p) for p in patch_size]
+    pads = padding_for(image_shape, patch)
+    padded = [int(n) + lo + hi for n, (lo, hi) in zip(image_shape, pads, strict=True)]
+    grid = window_starts(padded, patch, step)
+    choices: list[list[tuple[list[int], bool]]] = []
+    for axis in range(3):
+        lo = box[axis].start + pads[axis][0]
+        hi = box[axis].stop + pads[axis][0]
+        size, p = padded[axis], patch[axis]
+        options = [([g for g in grid[axis] if g < hi and g + p > lo], True)]
+        if size == int(image_shape[axis]):  # no padding: a grid of the box's own fits
+            wlo, whi = _widened(lo, hi, p, size)
+            local = [wlo + s for s in window_starts([whi - wlo], [p], step)[0]]
+            options.append((local, local == options[0][0]))
+        for c in first_pass[axis] if first_pass else ():
+            if c <= lo and c + p >= hi:
+                options.append(([c], [c] == options[0][0]))
+        choices.append(options)
+    fp_sets = [set(s) for s in first_pass] if first_pass else None
+    best: tuple[int, int] | None = None
+    plan = None
+    for rank, combo in enumerate(itertools.product(*choices)):
+        starts = [list(c[0]) for c in combo]
+        reused: list[tuple[int, ...]] = []
+        if fp_sets is not None:
+            shared = [[v for v in s if v in f] for s, f in zip(starts, fp_sets, strict=True)]
+            reused = list(itertools.product(*shared))
+        cost = int(np.prod([len(s) for s in starts])) - len(reused)
+        if best is None or (cost, rank) < best:
+            best = (cost, rank)
+            plan = TilePlan(starts, reused, tuple(c[1] for c in combo))
+    assert plan is not None
+    return plan
 
 
 def embed_slabs(

@@ -15,13 +15,21 @@ import numpy as np
 
 from edge_seg.backends.base import Session, open_session
 from edge_seg.bundle import Bundle, load_bundle
-from edge_seg.crop import coarse_foreground, embed_slabs, middle_slices, organ_box, parse_crop
+from edge_seg.crop import (
+    TILE_CACHE_BYTES,
+    coarse_foreground,
+    embed_slabs,
+    middle_slices,
+    organ_extent,
+    parse_crop,
+    plan_tiles,
+)
 from edge_seg.errors import EdgesegError, NotEnoughMemoryError
 from edge_seg.io import Volume, available_memory_bytes
 from edge_seg.postprocess import keep_largest_component, organ_volumes_ml
 from edge_seg.preprocess import preprocess, resampling_settings
 from edge_seg.resample import logits_to_labels
-from edge_seg.window import padding_for, sliding_window
+from edge_seg.window import count_patches, padding_for, sliding_window
 from evaluator.labels import resolve_organs
 
 #: The bundle ``edgeseg predict`` uses when no ``--model`` is given.
@@ -228,17 +236,25 @@ class Predictor:
             notes.append("--presence auto: this model has no presence head; using the prior")
             want_auto = False
         box = None
+        first = None
         presence_seen: dict[str, float] = {}
+        # The main pass can reuse first-pass tiles only if it feeds the network the same
+        # prior; with --presence auto a presence input gets the predicted one instead.
+        reuse = self.crop.mode == "auto" and not (want_auto and bundle.presence_input)
         t = time.perf_counter()
         if self.crop.mode == "auto" or want_auto:
             coarse_seen: dict[str, float] = {}
             # With --presence auto nothing is known yet about the organs not declared absent.
             prior = self._prior()
-            found = coarse_foreground(
-                image, bundle.patch_size, self._runner(prior, coarse_seen, clock)
+            first = coarse_foreground(
+                image,
+                bundle.patch_size,
+                self._runner(prior, coarse_seen, clock),
+                options.step,
+                keep_tiles=reuse,
             )
             if self.crop.mode == "auto":
-                box = organ_box(found, geometry.target_spacing_mm, bundle.patch_size)
+                box = organ_extent(first.found, geometry.target_spacing_mm)
                 if box is None:
                     notes.append("--crop auto: first pass found no organ; segmented the whole scan")
             presence_seen = coarse_seen
@@ -260,24 +276,40 @@ class Predictor:
         keep_idx = np.asarray(keep, dtype=np.intp)
         run_patch = self._runner(self._prior(present), {} if want_auto else presence_seen, clock)
 
-        def kept(patch: np.ndarray) -> np.ndarray:
-            logits = run_patch(patch)
+        def kept(logits: np.ndarray) -> np.ndarray:
             return logits if len(keep) == logits.shape[0] else logits[keep_idx]
 
         t = time.perf_counter()
         if box is None:
             slabs = sliding_window(
-                image, bundle.patch_size, options.step, kept, len(keep), options.threads
-            )
-        else:
-            inner = sliding_window(
-                image[(slice(None), *box)],
+                image,
                 bundle.patch_size,
                 options.step,
-                kept,
+                lambda patch: kept(run_patch(patch)),
                 len(keep),
                 options.threads,
             )
+        else:
+            assert first is not None
+            plan = plan_tiles(
+                box,
+                image.shape[1:],
+                bundle.patch_size,
+                options.step,
+                first.starts if reuse else None,
+            )
+            inner = sliding_window(
+                image,
+                bundle.patch_size,
+                options.step,
+                lambda patch: kept(run_patch(patch)),
+                len(keep),
+                options.threads,
+                starts=plan.starts,
+                box=box,
+                precomputed={at: kept(first.tiles[at]) for at in plan.reused if at in first.tiles},
+            )
+            first = None  # the reused tiles are in the main pass's hands now
             background = np.full(len(keep), _OUTSIDE_LOGIT, dtype=np.float32)
             background[0] = 0.0
             slabs = embed_slabs(inner, box, geometry.network_shape, background)
@@ -327,6 +359,9 @@ class Predictor:
             + self.bundle.num_classes * 4 * (patch[0] + 8) * plane  # sliding-window accumulator
             + image.nbytes
         )
+        if self.crop.mode == "auto":  # first-pass tiles kept for reuse
+            tiles = count_patches(image.shape[1:], patch, 1.0) + 1
+            need += min(TILE_CACHE_BYTES, tiles * self.bundle.num_classes * 4 * int(np.prod(patch)))
         have = available_memory_bytes()
         if need > have:
             where = volume.path or "volume"

@@ -13,7 +13,7 @@ only one patch-depth of logits (classes x patch depth x padded height x width).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
@@ -78,6 +78,10 @@ def sliding_window(
     run_patch: PatchRunner,
     num_classes: int,
     threads: int | None = None,
+    *,
+    starts: Sequence[Sequence[int]] | None = None,
+    box: Sequence[slice] | None = None,
+    precomputed: Mapping[tuple[int, int, int], np.ndarray] | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Run ``run_patch`` over ``image`` and yield averaged logits slab by slab.
 
@@ -95,28 +99,40 @@ def sliding_window(
         Number of logit channels.
     threads : int, optional
         Threads for weighting and adding patch logits (default: all cores).
+    starts : sequence of sequence of int, optional
+        Patch starts per axis in the padded image (default: nnU-Net's grid over all of it).
+    box : sequence of slice, optional
+        Part of the image (unpadded coordinates) to return logits for; the patches must cover
+        it. Default: the whole image.
+    precomputed : mapping, optional
+        Logits (num_classes, *patch) already known for some patches, by start (z, y, x):
+        these are not run again.
 
     Yields
     ------
     z0 : int
-        First z index of the slab in ``image``.
+        First z index of the slab, counted from the box's first slice.
     logits : np.ndarray
-        float32 (num_classes, dz, Y, X); consecutive slabs tile [0, Z) without gaps.
+        float32 (num_classes, dz, box height, box width); consecutive slabs tile the box's z
+        range without gaps.
     """
     patch = tuple(int(p) for p in patch_size)
     pads = padding_for(image.shape[1:], patch)
     padded = np.pad(image, [(0, 0), *pads]) if any(lo or hi for lo, hi in pads) else image
     size = padded.shape[1:]
-    starts = window_starts(size, patch, step)
+    if starts is None:
+        starts = window_starts(size, patch, step)
+    starts = [sorted(int(s) for s in axis) for axis in starts]
+    if box is None:
+        box = tuple(slice(0, n) for n in image.shape[1:])
+    # The box in padded coordinates.
+    bz, by, bx = (slice(b.start + lo, b.stop + lo) for b, (lo, _) in zip(box, pads, strict=True))
+    _check_cover(starts, patch, size, (bz, by, bx))
+    precomputed = precomputed or {}
     weights = gaussian_importance(patch)
     depth = patch[0]
     logits_sum = np.zeros((num_classes, depth, size[1], size[2]), dtype=np.float32)
     weight_sum = np.zeros((depth, size[1], size[2]), dtype=np.float32)
-    z_lo = pads[0][0]
-    inner = (
-        slice(pads[1][0], pads[1][0] + image.shape[2]),
-        slice(pads[2][0], pads[2][0] + image.shape[3]),
-    )
     # Weighting and adding a patch's logits is NumPy work that releases the GIL: it is split
     # over classes between threads (the network is idle meanwhile, so the cores are free).
     threads = max(1, min(threads or os.cpu_count() or 1, num_classes))
@@ -127,15 +143,15 @@ def sliding_window(
             logits_sum[(c, *region)] += logits[c] * weights
 
     def finished(origin: int, upto: int) -> Iterator[tuple[int, np.ndarray]]:
-        # Padded z range [origin, upto) is final; hand on the part inside the image.
-        lo = max(origin, z_lo)
-        hi = min(upto, z_lo + image.shape[1])
+        # Padded z range [origin, upto) is final; hand on the part inside the box.
+        lo = max(origin, bz.start)
+        hi = min(upto, bz.stop)
         if hi > lo:
             rows = slice(lo - origin, hi - origin)
-            slab = logits_sum[:, rows, inner[0], inner[1]] / weight_sum[rows, inner[0], inner[1]]
-            yield lo - z_lo, slab
+            slab = logits_sum[:, rows, by, bx] / weight_sum[rows, by, bx]
+            yield lo - bz.start, slab
 
-    origin = 0  # padded z index of logits_sum[:, 0]
+    origin = starts[0][0]  # padded z index of logits_sum[:, 0]
     with ThreadPoolExecutor(threads) as pool:
         for zs in starts[0]:
             if zs > origin:
@@ -148,12 +164,29 @@ def sliding_window(
                 origin = zs
             for ys in starts[1]:
                 for xs in starts[2]:
-                    tile = np.ascontiguousarray(
-                        padded[None, :, zs : zs + depth, ys : ys + patch[1], xs : xs + patch[2]]
-                    )
-                    logits = run_patch(tile)
+                    logits = precomputed.get((zs, ys, xs))
+                    if logits is None:
+                        tile = np.ascontiguousarray(
+                            padded[None, :, zs : zs + depth, ys : ys + patch[1], xs : xs + patch[2]]
+                        )
+                        logits = run_patch(tile)
                     region = (slice(0, depth), slice(ys, ys + patch[1]), slice(xs, xs + patch[2]))
                     for _ in pool.map(lambda g, lg=logits, r=region: accumulate(lg, r, g), groups):
                         pass
                     weight_sum[region] += weights
         yield from finished(origin, origin + depth)
+
+
+def _check_cover(
+    starts: Sequence[Sequence[int]],
+    patch: Sequence[int],
+    size: Sequence[int],
+    box: Sequence[slice],
+) -> None:
+    """Every box voxel must lie in some patch, and every patch inside the padded image."""
+    for axis, (s, p, n, b) in enumerate(zip(starts, patch, size, box, strict=True)):
+        if not s or s[0] < 0 or s[-1] + p > n:
+            raise ValueError(f"axis {axis}: patch starts {s} do not fit an image of {n}")
+        gaps = [s[i + 1] - s[i] for i in range(len(s) - 1)]
+        if s[0] > b.start or s[-1] + p < b.stop or any(g > p for g in gaps):
+            raise ValueError(f"axis {axis}: patch starts {s} leave part of {b} uncovered")

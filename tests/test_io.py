@@ -131,3 +131,78 @@ def test_read_dicom_series_folder(shared_data: Path) -> None:
     assert volume.shape == (78, 512, 512)
     assert volume.spacing_mm[0] == pytest.approx(2.0)
     assert volume.spacing_mm[1] == pytest.approx(0.7265625)
+
+
+def _read_with_itk(path: Path) -> tuple[np.ndarray, tuple, tuple, tuple]:
+    image = sitk.ReadImage(str(path))
+    return (
+        sitk.GetArrayFromImage(image),
+        image.GetSpacing(),
+        image.GetOrigin(),
+        image.GetDirection(),
+    )
+
+
+def _assert_reads_as_itk_does(path: Path) -> None:
+    volume = read_volume(path)
+    array, spacing, origin, direction = _read_with_itk(path)
+    assert volume.array.dtype == array.dtype
+    np.testing.assert_array_equal(volume.array, array)
+    assert volume.spacing_mm == tuple(reversed(spacing))
+    assert volume.origin == origin
+    assert volume.direction == direction
+
+
+@pytest.mark.parametrize(
+    "dtype", ["uint8", "int8", "int16", "uint16", "int32", "float32", "float64"]
+)
+def test_fast_nifti_gz_reader_gives_itks_voxels_and_geometry(tmp_path: Path, dtype: str) -> None:
+    from edge_seg.io import _file_reader, read_nifti_gz_voxels
+
+    rng = np.random.default_rng(0)
+    array = (rng.normal(size=(7, 9, 11)) * 50).astype(dtype)
+    path = _write(tmp_path / "scan.nii.gz", array)
+    assert read_nifti_gz_voxels(path, _file_reader(path)) is not None  # the fast path ran
+    _assert_reads_as_itk_does(path)
+
+
+def test_fast_nifti_gz_reader_handles_big_endian_and_leaves_scaling_to_itk(
+    tmp_path: Path,
+) -> None:
+    import nibabel as nib
+
+    from edge_seg.io import _file_reader, read_nifti_gz_voxels
+
+    array_xyz = np.arange(5 * 6 * 7, dtype=np.int16).reshape(5, 6, 7)
+    affine = np.diag([0.8, 0.7, 2.5, 1.0])
+    affine[:3, 3] = (4.0, -3.0, 12.0)
+    header = nib.Nifti1Header(endianness=">")
+    big = tmp_path / "big.nii.gz"
+    nib.Nifti1Image(array_xyz, affine, header=header).to_filename(big)
+    assert read_nifti_gz_voxels(big, _file_reader(big)) is not None
+    _assert_reads_as_itk_does(big)
+    assert read_volume(big).array.dtype.isnative
+    scaled = tmp_path / "scaled.nii.gz"
+    image = nib.Nifti1Image(array_xyz, affine)
+    image.header.set_slope_inter(2.0, -5.0)
+    image.to_filename(scaled)
+    assert read_nifti_gz_voxels(scaled, _file_reader(scaled)) is None  # ITK applies the scaling
+    _assert_reads_as_itk_does(scaled)
+
+
+def test_truncated_nifti_gz_is_a_one_line_error(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    path = _write(tmp_path / "scan.nii.gz", rng.integers(-1000, 1000, (20, 32, 32), np.int16))
+    data = path.read_bytes()
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(EdgesegError, match=r"cut\.nii\.gz: unreadable image file") as info:
+        read_volume(cut)
+    assert "\n" not in str(info.value)
+
+
+def test_fast_reader_matches_itk_on_real_ct(shared_data: Path) -> None:
+    path = shared_data / "totalseg_examples" / "example_ct_sm.nii.gz"
+    if not path.is_file():
+        pytest.skip(f"{path} not present")
+    _assert_reads_as_itk_does(path)

@@ -16,13 +16,20 @@ from helpers_bundle import LABELS, make_bundle, make_phantom
 
 from edge_seg.backends.base import choose_model
 from edge_seg.bundle import load_bundle
-from edge_seg.crop import coarse_foreground, main_organ_cluster, organ_box, parse_crop
+from edge_seg.crop import (
+    coarse_foreground,
+    first_pass_starts,
+    main_organ_cluster,
+    organ_box,
+    parse_crop,
+    plan_tiles,
+)
 from edge_seg.errors import EdgesegError
 from edge_seg.io import Volume
 from edge_seg.postprocess import keep_largest_component
 from edge_seg.predict import PredictOptions, Predictor
 from edge_seg.resample import logits_to_labels
-from edge_seg.window import gaussian_importance, sliding_window, window_starts
+from edge_seg.window import gaussian_importance, padding_for, sliding_window, window_starts
 
 SPACING = (2.5, 1.2, 1.2)
 
@@ -116,11 +123,13 @@ def test_coarse_foreground_is_argmax_not_background_including_ties() -> None:
         tiles.append(logits)
         return logits
 
-    found = coarse_foreground(image, (8, 16, 16), run_patch)
+    first = coarse_foreground(image, (8, 16, 16), run_patch)
+    found = first.found
     assert found.shape == image.shape[1:]
     expected = np.zeros_like(found)
     # Rebuild the same map with a plain argmax from the logits the patches returned.
-    starts_z, starts_y, starts_x = window_starts((20, 30, 30), (8, 16, 16), 1.0)
+    starts_z, starts_y, starts_x = first.starts
+    assert first.starts == first_pass_starts((20, 30, 30), (8, 16, 16), 0.5)
     assert len(starts_y) == 2  # 30 > 1.5 patches: no single centred in-plane patch
     tile_iter = iter(tiles)
     for zs in starts_z:
@@ -130,6 +139,93 @@ def test_coarse_foreground_is_argmax_not_background_including_ties() -> None:
                 expected[region] |= np.argmax(next(tile_iter), axis=0) != 0
     assert next(tile_iter, None) is None
     np.testing.assert_array_equal(found, expected)
+    assert first.tiles == {}  # kept only when asked for
+
+
+@pytest.mark.parametrize("size", [16, 23, 24, 30, 47, 64, 100, 137])
+def test_first_pass_tiles_cover_the_image_and_belong_to_the_full_grid(size: int) -> None:
+    patch = 16
+    full = window_starts([size], [patch], 0.5)[0]
+    first = first_pass_starts([size, size, size], [patch] * 3, 0.5)
+    covered = np.zeros(size, bool)
+    for start in first[0]:
+        covered[start : start + patch] = True
+    assert covered.all()
+    assert set(first[0]) <= set(full)
+    assert len(first[0]) <= len(window_starts([size], [patch], 1.0)[0])
+    if size <= 1.5 * patch:  # in-plane: one centred patch
+        assert first[1] == [(size - patch) // 2]
+
+
+def _mixing_runner(classes: int, patch: tuple[int, ...], seed: int = 0):
+    mixing = np.random.default_rng(seed).normal(size=(classes, 1)).astype(np.float32)
+    calls: list[tuple[float, ...]] = []
+
+    def run(tile: np.ndarray) -> np.ndarray:  # depends on the patch position through the data
+        calls.append(tuple(tile[0, 0, 0, 0, :2]))
+        return (mixing[:, :, None, None] * tile[0]).reshape(classes, *patch) + tile[0].mean()
+
+    return run, calls
+
+
+def test_full_grid_tiles_over_a_box_give_the_uncropped_logits_there() -> None:
+    rng = np.random.default_rng(2)
+    image = rng.normal(size=(1, 40, 30, 26)).astype(np.float32)
+    patch, classes = (8, 12, 10), 3
+    run, calls = _mixing_runner(classes, patch)
+    whole = np.concatenate([s for _, s in sliding_window(image, patch, 0.5, run, classes)], 1)
+    box = (slice(9, 27), slice(4, 20), slice(3, 11))
+    grid = window_starts(image.shape[1:], patch, 0.5)
+    starts = [
+        [g for g in axis if g < b.stop and g + p > b.start]
+        for axis, b, p in zip(grid, box, patch, strict=True)
+    ]
+    # Logits of some tiles known beforehand, as the localisation pass keeps them.
+    known = {}
+    for zs in starts[0][::2]:
+        at = (zs, starts[1][0], starts[2][0])
+        region = tuple(slice(a, a + p) for a, p in zip(at, patch, strict=True))
+        known[at] = run(image[(slice(None), *region)][None])
+    calls.clear()
+    slabs = list(
+        sliding_window(image, patch, 0.5, run, classes, starts=starts, box=box, precomputed=known)
+    )
+    assert len(calls) == int(np.prod([len(s) for s in starts])) - len(known)
+    assert next(z for z, _ in slabs) == 0
+    cropped = np.concatenate([s for _, s in slabs], axis=1)
+    np.testing.assert_allclose(cropped, whole[(slice(None), *box)], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="uncovered"):
+        list(sliding_window(image, patch, 0.5, run, classes, starts=[[16], *starts[1:]], box=box))
+
+
+def test_plan_tiles_covers_any_box_with_no_more_runs_than_a_box_grid() -> None:
+    rng = np.random.default_rng(3)
+    patch, step = (48, 128, 128), 0.5
+    for _ in range(200):
+        shape = tuple(int(n) for n in rng.integers([60, 100, 100], [400, 300, 300]))
+        lo = [int(rng.integers(0, n - 1)) for n in shape]
+        box = tuple(
+            slice(a, int(rng.integers(a + 1, n + 1))) for a, n in zip(lo, shape, strict=True)
+        )
+        pads = padding_for(shape, patch)
+        padded = [n + a + b for n, (a, b) in zip(shape, pads, strict=True)]
+        first = first_pass_starts(padded, patch, step)
+        plan = plan_tiles(box, shape, patch, step, first)
+        full = window_starts(padded, patch, step)
+        for axis, starts in enumerate(plan.starts):  # every box voxel is in some patch
+            b = box[axis]
+            lo, hi = b.start + pads[axis][0], b.stop + pads[axis][0]
+            if plan.exact_axes[axis]:
+                assert starts == [g for g in full[axis] if g < hi and g + patch[axis] > lo]
+            covered = np.zeros(padded[axis], bool)
+            for s in starts:
+                covered[s : s + patch[axis]] = True
+            assert covered[lo:hi].all()
+        # A grid of the box's own (widened to one patch), no reuse: never cheaper.
+        box_grid = 1
+        for b, p in zip(box, patch, strict=True):
+            box_grid *= len(window_starts([max(b.stop - b.start, p)], [p], step)[0])
+        assert plan.runs <= box_grid
 
 
 def test_keep_largest_component_removes_islands_only() -> None:
