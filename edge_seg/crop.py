@@ -20,7 +20,7 @@ comparison and loses organs in long scans. ``none`` segments everything.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -332,32 +332,3 @@ def plan_tiles(
             plan = TilePlan(starts, reused, tuple(c[1] for c in combo))
     assert plan is not None
     return plan
-
-
-def embed_slabs(
-    slabs: Iterator[tuple[int, np.ndarray]],
-    box: tuple[slice, ...],
-    network_shape: Sequence[int],
-    background: np.ndarray,
-    chunk: int = 8,
-) -> Iterator[tuple[int, np.ndarray]]:
-    """Turn a logit stream computed inside ``box`` into one covering the whole network grid.
-
-    Outside the box every voxel gets the ``background`` logit vector (K,), which argmaxes to
-    background; those slabs are broadcast views and cost no memory.
-    """
-    depth, height, width = (int(s) for s in network_shape)
-    classes = background.shape[0]
-
-    def filler(z0: int, z1: int) -> Iterator[tuple[int, np.ndarray]]:
-        for z in range(z0, z1, chunk):
-            dz = min(chunk, z1 - z)
-            yield z, np.broadcast_to(background[:, None, None, None], (classes, dz, height, width))
-
-    yield from filler(0, box[0].start)
-    for z0, slab in slabs:
-        full = np.empty((classes, slab.shape[1], height, width), dtype=np.float32)
-        full[...] = background[:, None, None, None]
-        full[:, :, box[1], box[2]] = slab
-        yield box[0].start + z0, full
-    yield from filler(box[0].stop, depth)

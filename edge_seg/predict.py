@@ -18,7 +18,6 @@ from edge_seg.bundle import Bundle, load_bundle
 from edge_seg.crop import (
     TILE_CACHE_BYTES,
     coarse_foreground,
-    embed_slabs,
     middle_slices,
     organ_extent,
     parse_crop,
@@ -37,10 +36,6 @@ DEFAULT_BUNDLE = Path(__file__).resolve().parent / "models" / "flare_ct_plain"
 
 #: Presence-prior value meaning "not known" (HALOS convention: 1 present, 0 absent).
 PRESENCE_UNKNOWN = 0.5
-
-#: Logit given to classes outside an auto-crop box (background gets 0): far below any real
-#: logit, but finite so that interpolation weights of 0 stay 0.
-_OUTSIDE_LOGIT = -1.0e4
 
 
 @dataclass
@@ -298,7 +293,7 @@ class Predictor:
                 options.step,
                 first.starts if reuse else None,
             )
-            inner = sliding_window(
+            slabs = sliding_window(
                 image,
                 bundle.patch_size,
                 options.step,
@@ -310,9 +305,6 @@ class Predictor:
                 precomputed={at: kept(first.tiles[at]) for at in plan.reused if at in first.tiles},
             )
             first = None  # the reused tiles are in the main pass's hands now
-            background = np.full(len(keep), _OUTSIDE_LOGIT, dtype=np.float32)
-            background[0] = 0.0
-            slabs = embed_slabs(inner, box, geometry.network_shape, background)
         cropped = logits_to_labels(
             slabs,
             geometry.network_shape,
@@ -321,6 +313,7 @@ class Predictor:
             geometry.spacing_mm,
             keep,
             *resampling_settings(bundle),
+            box=box,
         )
         labels_part = geometry.to_scan(cropped)
         timings["sliding_window"] = time.perf_counter() - t

@@ -317,6 +317,7 @@ def logits_to_labels(
     class_values: Sequence[int] | np.ndarray,
     anisotropy_threshold: float = ANISOTROPY_THRESHOLD,
     force_separate: bool | None = None,
+    box: Sequence[slice] | None = None,
 ) -> np.ndarray:
     """Resample streamed logits to ``output_shape`` and take the argmax, slice by slice.
 
@@ -326,7 +327,8 @@ def logits_to_labels(
     Parameters
     ----------
     slabs : iterator of (z0, logits)
-        float32 (K, dz, Y, X) slabs covering network z = 0 .. Z-1 in order.
+        float32 (K, dz, Y, X) slabs covering the box's z range in order (z0 counted from the
+        box's first slice; Y, X the box's height and width).
     network_shape, output_shape : sequence of int
         (Z, Y, X) of the logits and of the wanted label map.
     network_spacing_mm, output_spacing_mm : sequence of float
@@ -334,6 +336,9 @@ def logits_to_labels(
     class_values : sequence of int
         Label value of each logit channel (channels may have been dropped, e.g. for organs
         declared absent).
+    box : sequence of slice, optional
+        Part of the network grid the logits cover (default: all of it). Output voxels whose
+        interpolation reaches outside it are background (label 0), and cost nothing.
 
     Returns
     -------
@@ -345,30 +350,41 @@ def logits_to_labels(
     separate = separate_axis(
         network_spacing_mm, output_spacing_mm, anisotropy_threshold, force_separate
     )
-    taps = [
-        _axis_taps(int(n_in), int(n_out), separate == axis)
-        for axis, (n_in, n_out) in enumerate(zip(network_shape, output_shape, strict=True))
-    ]
-    (z0s, z1s, wzs), (y0, y1, wy), (x0, x1, wx) = taps
-    width = int(network_shape[2])
+    if box is None:
+        box = tuple(slice(0, int(n)) for n in network_shape)
     out = np.zeros(tuple(int(s) for s in output_shape), dtype=np.uint8)
+    taps = []
+    reach = []  # per axis, the output voxels whose taps all lie inside the box
+    for axis, (n_in, n_out) in enumerate(zip(network_shape, output_shape, strict=True)):
+        i0, i1, w1 = _axis_taps(int(n_in), int(n_out), separate == axis)
+        i1 = np.where(w1 == 0, i0, i1)  # a tap of weight 0 may lie outside the box
+        inside = np.flatnonzero((i0 >= box[axis].start) & (i1 < box[axis].stop))
+        if inside.size == 0:
+            for _ in slabs:  # nothing to label; still run the stream to its end
+                pass
+            return out
+        reach.append(slice(int(inside[0]), int(inside[-1]) + 1))
+        if axis == 0:
+            taps.append((i0, i1, w1))
+        else:  # in-plane taps in the box's own coordinates
+            sl = reach[axis]
+            taps.append((i0[sl] - box[axis].start, i1[sl] - box[axis].start, w1[sl]))
+    (z0s, z1s, wzs), ytaps, xtaps = taps
+    y0, x0 = ytaps[0], xtaps[0]
+    width = box[2].stop - box[2].start
+    plane_out = (reach[1], reach[2])
     logits_at: dict[int, np.ndarray] = {}
     argmax_at: dict[int, np.ndarray] = {}
     cells_key: tuple[int, int] | None = None
     cells = np.empty(0, dtype=np.uint8)
-    j = 0
-    n_out = out.shape[0]
+    j, j_end = reach[0].start, reach[0].stop
     for z_start, slab in slabs:
-        constant = slab.strides[-1] == 0 and slab.strides[-2] == 0  # a broadcast filler slab
+        z_first = box[0].start + z_start  # network z of the slab's first slice
         for k in range(slab.shape[1]):
-            logits_at[z_start + k] = slab[:, k]
-            if constant:
-                best = np.uint8(np.argmax(slab[:, k, 0, 0]))
-                argmax_at[z_start + k] = np.full(slab.shape[2:], best, dtype=np.uint8)
-            else:
-                argmax_at[z_start + k] = np.argmax(slab[:, k], axis=0).astype(np.uint8)
-        available = z_start + slab.shape[1]
-        while j < n_out and z1s[j] < available:
+            logits_at[z_first + k] = slab[:, k]
+            argmax_at[z_first + k] = np.argmax(slab[:, k], axis=0).astype(np.uint8)
+        available = z_first + slab.shape[1]
+        while j < j_end and z1s[j] < available:
             i0, i1, wz = int(z0s[j]), int(z1s[j]), float(wzs[j])
             if cells_key != (i0, i1):
                 pair = argmax_at[i0]
@@ -381,16 +397,19 @@ def logits_to_labels(
             if mixed.size:
                 ys, xs = np.divmod(mixed, plane.shape[1])
                 plane.ravel()[mixed] = _interpolate_argmax(
-                    logits_at[i0], logits_at[i1], wz, ys, xs, (y0, y1, wy), (x0, x1, wx), width
+                    logits_at[i0], logits_at[i1], wz, ys, xs, ytaps, xtaps, width
                 )
-            out[j] = plane if identity else values[plane]
+            out[(j, *plane_out)] = plane if identity else values[plane]
             j += 1
-        if j < n_out:
+        if j < j_end:
             keep_from = int(z0s[j])
             for index in [i for i in logits_at if i < keep_from]:
                 del logits_at[index], argmax_at[index]
-    if j != n_out:
-        raise RuntimeError(f"logit stream ended early: {j} of {n_out} output slices computed")
+    if j != j_end:
+        raise RuntimeError(
+            f"logit stream ended early: {j - reach[0].start} of {j_end - reach[0].start} "
+            "output slices computed"
+        )
     return out
 
 

@@ -112,6 +112,28 @@ def test_logits_to_labels_equals_full_resampling_then_argmax() -> None:
     np.testing.assert_array_equal(labels, full.argmax(0))
 
 
+def test_logits_to_labels_over_a_box_is_background_wherever_interpolation_leaves_it() -> None:
+    rng = np.random.default_rng(5)
+    net_shape, out_shape = (12, 14, 16), (30, 33, 37)
+    box = (slice(2, 9), slice(3, 12), slice(0, 11))
+    inner = ndimage.gaussian_filter(rng.normal(size=(4, 7, 9, 11)), (0, 1, 1, 1))
+    inner = inner.astype(np.float32)
+    # Reference: the box embedded in a grid whose outside no organ can win anywhere its weight
+    # is not zero, then resampled in full.
+    full = np.full((4, *net_shape), -1e30, np.float32)
+    full[0] = 0.0
+    full[(slice(None), *box)] = inner
+    for spacing in [(0.4, 0.47, 0.46), (1.6, 0.47, 0.46)]:  # the second: nearest along z
+        whole = ((z, full[:, z : z + 3]) for z in range(0, net_shape[0], 3))
+        expected = logits_to_labels(whole, net_shape, out_shape, (1, 1, 1), spacing, range(4))
+        slabs = ((z, inner[:, z : z + 2]) for z in range(0, 7, 2))
+        labels = logits_to_labels(
+            slabs, net_shape, out_shape, (1, 1, 1), spacing, range(4), box=box
+        )
+        np.testing.assert_array_equal(labels, expected)
+        assert labels.any() and not labels[0].any()
+
+
 def test_coarse_foreground_is_argmax_not_background_including_ties() -> None:
     rng = np.random.default_rng(4)
     image = rng.standard_normal((1, 20, 30, 30)).astype(np.float32)
