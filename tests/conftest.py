@@ -16,3 +16,17 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real reference data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _openvino_cache_in_a_temporary_folder(tmp_path_factory: pytest.TempPathFactory):
+    """Compiled-model blobs go to a folder of the test session, not the user's cache."""
+    import os
+
+    before = os.environ.get("EDGESEG_CACHE_DIR")
+    os.environ["EDGESEG_CACHE_DIR"] = str(tmp_path_factory.mktemp("openvino_cache"))
+    yield
+    if before is None:
+        os.environ.pop("EDGESEG_CACHE_DIR", None)
+    else:
+        os.environ["EDGESEG_CACHE_DIR"] = before

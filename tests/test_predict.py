@@ -457,3 +457,27 @@ def test_bad_options_and_bundles_are_one_line_errors(plain_bundle: Path, tmp_pat
     (broken / "model.onnx").unlink()
     with pytest.raises(EdgesegError, match="model file for 'fp32' is missing"):
         Predictor(broken)
+
+
+def test_openvino_compiled_models_are_cached_where_asked(
+    plain_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, phantom
+) -> None:
+    from edge_seg.backends.openvino import model_cache_dir
+
+    image, _ = phantom
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("EDGESEG_CACHE_DIR", str(cache))
+    assert model_cache_dir() == cache
+    first = Predictor(plain_bundle, PredictOptions(precision="fp32")).predict(image).labels
+    blobs = {blob.name: blob.stat().st_mtime_ns for blob in cache.iterdir()}
+    assert blobs  # the compiled model was stored
+    again = Predictor(plain_bundle, PredictOptions(precision="fp32")).predict(image).labels
+    np.testing.assert_array_equal(again, first)  # and the cached one segments the same
+    # Loaded, not compiled and written anew.
+    assert {blob.name: blob.stat().st_mtime_ns for blob in cache.iterdir()} == blobs
+    monkeypatch.setenv("EDGESEG_CACHE_DIR", "off")
+    assert model_cache_dir() is None
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache folder would go")
+    monkeypatch.setenv("EDGESEG_CACHE_DIR", str(blocker / "cache"))
+    assert model_cache_dir() is None  # not creatable: no cache, no error

@@ -7,9 +7,16 @@ plugin's default for their non-quantised layers.
 Bundles export their models with dynamic spatial axes, but the sliding window only ever feeds
 one patch shape, so the model is reshaped to that static shape before compiling: the CPU
 plugin then plans its memory and picks its kernels once instead of per inference.
+
+Compiled models are cached on disk (OpenVINO's ``CACHE_DIR``; see :func:`model_cache_dir`):
+compiling takes a sizeable share of a one-scan run (0.5 s of about 6 s for a 512x512x300 CT
+on 2 cores), loading the cached blob half of that.
 """
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import numpy as np
 
@@ -37,6 +44,9 @@ class OpenVinoSession:
         self.choice = choice
         self.names = bundle.io_names
         core = ov.Core()
+        cache = model_cache_dir()
+        if cache is not None:
+            core.set_property({"CACHE_DIR": str(cache)})
         config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
@@ -75,6 +85,33 @@ class OpenVinoSession:
             out = self.compiled.output(self.names["presence_logits"])
             presence_logits = np.asarray(result[out]).reshape(-1)
         return logits, presence_logits
+
+
+#: Environment variable naming the folder for compiled models; empty or ``off``: no cache.
+CACHE_ENV = "EDGESEG_CACHE_DIR"
+
+
+def model_cache_dir() -> Path | None:
+    """Where compiled OpenVINO models are cached, or None for no cache.
+
+    ``$EDGESEG_CACHE_DIR`` if set (empty or ``off`` turns caching off), else
+    ``$XDG_CACHE_HOME/edgeseg/openvino`` (``~/.cache/edgeseg/openvino``). OpenVINO keys each
+    blob by a hash of the model, its shapes and the compile options, so a changed model or
+    setting never loads a stale blob. A folder that cannot be created or written is skipped.
+    """
+    chosen = os.environ.get(CACHE_ENV)
+    if chosen is not None:
+        if chosen.strip().lower() in ("", "off"):
+            return None
+        folder = Path(chosen).expanduser()
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        folder = Path(base) / "edgeseg" / "openvino"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return folder if os.access(folder, os.W_OK | os.X_OK) else None
 
 
 def _static_shapes(model, bundle: Bundle) -> dict[str, list[int]]:
