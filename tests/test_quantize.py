@@ -297,3 +297,117 @@ def test_dense_branches_of_presence_network_stay_float(tmp_path) -> None:
             for tensor in node.input:
                 if onnx_vector(tensor):
                     assert produced_by.get(tensor) != "DequantizeLinear", (node.name, tensor)
+
+
+def tiny_conv_model(path: Path) -> Path:
+    """Conv (1 -> 2 channels, 3x3x3, padding 1) and Relu, with dynamic batch and spatial dims."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.random.default_rng(5).normal(size=(2, 1, 3, 3, 3)).astype(np.float32)
+    dims = ["batch", 1, "z", "y", "x"]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "weight"], ["conv"], name="conv", pads=[1] * 6),
+         helper.make_node("Relu", ["conv"], ["logits"], name="relu")],
+        "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2, "z", "y", "x"])],
+        [numpy_helper.from_array(weight, "weight")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(path))
+    return path
+
+
+def test_calibration_reader_chunks_cover_every_sample_once() -> None:
+    """``quantize_static``'s chunked calibration (``CalibStridedMinMax``) asks ``len(reader)``
+    and then, per chunk, ``set_range`` and reads until ``get_next`` is exhausted."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    from export.quantize import _PatchReader, calibration_chunk
+
+    class Reader(_PatchReader, CalibrationDataReader):
+        pass
+
+    samples = [(np.full((1, 1, 2, 2, 2), i, np.float32), np.full((1, 3), -i, np.float32))
+               for i in range(12)]
+    reader = Reader(samples, ["image", "presence"])
+    assert len(reader) == 12
+    chunk = calibration_chunk(len(reader), None, fallback=5)
+    assert chunk == 4
+    seen: list[int] = []
+    for start in range(0, len(reader), chunk):
+        reader.set_range(start_index=start, end_index=start + chunk)
+        first = [int(feed["image"].flat[0]) for feed in reader]  # CalibrationDataReader.__iter__
+        reader.rewind()  # a rewind stays within the range
+        again = [int(feed["image"].flat[0]) for feed in iter(reader.get_next, None)]
+        assert first == again == list(range(start, start + chunk))
+        seen += first
+    assert seen == list(range(12))  # every sample once, in order
+    assert reader.get_next() is None
+    reader.set_range(0, len(reader))
+    feeds = list(reader)
+    assert len(feeds) == 12 and np.all(feeds[7]["presence"] == -7)
+    with pytest.raises(ValueError, match="outside"):
+        reader.set_range(8, 13)
+
+
+@pytest.mark.parametrize(("n_samples", "sample_bytes", "expected"), [
+    (35, None, 7),  # fallback: at most 8 samples, a divisor of 35
+    (37, None, 1),  # a prime count falls to one sample per chunk
+    (35, 2**30, 1),  # 4 samples fit, but 35 has no divisor 2..4
+    (36, 2**30, 4),
+    (36, 5 * 2**30, 1),  # one sample over the budget: still one at a time
+    (6, 1000, 6),  # everything fits: one chunk, as without chunking
+])
+def test_calibration_chunk_is_the_largest_divisor_within_budget(n_samples, sample_bytes,
+                                                                expected) -> None:
+    from export.quantize import calibration_chunk
+
+    assert calibration_chunk(n_samples, sample_bytes, budget=4 * 2**30, fallback=8) == expected
+
+
+def test_activation_bytes_from_the_patch_shape(tmp_path) -> None:
+    from export.quantize import activation_bytes
+
+    model = tiny_conv_model(tmp_path / "tiny.onnx")
+    sample = (np.zeros((1, 1, 4, 8, 8), np.float32),)
+    # image 256 floats, conv and relu outputs 512 each; plus two copies of the largest.
+    assert activation_bytes(model, sample, ["image"]) == 4 * (256 + 512 + 512 + 2 * 512)
+    sample = (np.zeros((2, 1, 4, 8, 8), np.float32),)
+    assert activation_bytes(model, sample, ["image"]) == 2 * 4 * (256 + 512 + 512 + 2 * 512)
+
+
+def test_chunked_calibration_ranges_cover_every_chunk(tmp_path, monkeypatch) -> None:
+    """ORT calibrates the patches in chunks (histograms merged); an outlier in the last chunk
+    sets the input range as it does when all patches are calibrated at once."""
+    import onnx
+    from onnx import numpy_helper
+
+    import export.quantize as quantize
+    from export.quantize import activation_bytes, quantize_onnxruntime
+
+    model = tiny_conv_model(tmp_path / "tiny.onnx")
+    rng = np.random.default_rng(1)
+    samples = [(rng.normal(size=(1, 1, 8, 16, 16)).astype(np.float32),) for _ in range(6)]
+    samples[-1] = (samples[-1][0] * 20,)
+
+    def input_scale(path: Path) -> float:
+        graph = onnx.load(str(path)).graph
+        node = next(n for n in graph.node if n.op_type == "QuantizeLinear"
+                    and n.input[0] == "image")
+        init = next(i for i in graph.initializer if i.name == node.input[1])
+        return float(numpy_helper.to_array(init))
+
+    per_sample = activation_bytes(model, samples[0], ["image"])
+    assert per_sample is not None
+    monkeypatch.setattr(quantize, "CALIB_CHUNK_BYTES", 2 * per_sample)
+    info = quantize_onnxruntime(model, samples, tmp_path / "chunked.onnx")
+    assert info["calibration_chunk"] == 2
+    monkeypatch.setattr(quantize, "CALIB_CHUNK_BYTES", 100 * per_sample)
+    info = quantize_onnxruntime(model, samples, tmp_path / "whole.onnx")
+    assert info["calibration_chunk"] == 6
+    chunked, whole = input_scale(tmp_path / "chunked.onnx"), input_scale(tmp_path / "whole.onnx")
+    # uint8 over the symmetric percentile range [-t, t]: scale = 2 t / 255, t near the outlier.
+    assert 2 * np.abs(samples[-1][0]).max() / 255 * 0.8 < whole
+    assert chunked == pytest.approx(whole, rel=0.05)
