@@ -275,16 +275,8 @@ class Predictor:
             return logits if len(keep) == logits.shape[0] else logits[keep_idx]
 
         t = time.perf_counter()
-        if box is None:
-            slabs = sliding_window(
-                image,
-                bundle.patch_size,
-                options.step,
-                lambda patch: kept(run_patch(patch)),
-                len(keep),
-                options.threads,
-            )
-        else:
+        placement: dict[str, object] = {}  # where the main pass puts its patches
+        if box is not None:
             assert first is not None
             plan = plan_tiles(
                 box,
@@ -293,18 +285,18 @@ class Predictor:
                 options.step,
                 first.starts if reuse else None,
             )
-            slabs = sliding_window(
-                image,
-                bundle.patch_size,
-                options.step,
-                lambda patch: kept(run_patch(patch)),
-                len(keep),
-                options.threads,
-                starts=plan.starts,
-                box=box,
-                precomputed={at: kept(first.tiles[at]) for at in plan.reused if at in first.tiles},
-            )
+            known = {at: kept(first.tiles[at]) for at in plan.reused if at in first.tiles}
+            placement = {"starts": plan.starts, "box": box, "precomputed": known}
             first = None  # the reused tiles are in the main pass's hands now
+        slabs = sliding_window(
+            image,
+            bundle.patch_size,
+            options.step,
+            lambda patch: kept(run_patch(patch)),
+            len(keep),
+            options.threads,
+            **placement,
+        )
         cropped = logits_to_labels(
             slabs,
             geometry.network_shape,
