@@ -22,6 +22,11 @@ class OnnxRuntimeSession:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        # ORT's worker threads spin-wait after each run by default. Between patches the
+        # sliding window's NumPy work needs those cores, and so does an OpenVINO session in
+        # the same process: on 2 cores, OpenVINO patches timed right after ORT ones ran about
+        # 15 % slower (benchmarks/bench_quantize.py) until spinning was turned off.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(
                 str(choice.path), sess_options=options, providers=["CPUExecutionProvider"]
