@@ -109,7 +109,7 @@ def mean_dice(pred_path: Path, truth_path: Path) -> float:
 def run_once(args: argparse.Namespace) -> None:
     """Child process: read -> predict -> write, print stage timings as JSON.
 
-    Mirrors ``edgeseg predict``: the model compiles while the scan is read.
+    Mirrors ``edgeseg predict``: the scan is read while the runtime loads and compiles.
     """
     start = time.perf_counter()
     from edge_seg.io import read_volume, write_label_map
@@ -120,7 +120,8 @@ def run_once(args: argparse.Namespace) -> None:
         write_label_map(labels, volume, args.output)
         print(json.dumps({"total": time.perf_counter() - start}))
         return
-    from edge_seg.predict import PredictOptions, open_predictor_and_read
+    from edge_seg.launch import open_predictor_and_read
+    from edge_seg.options import PredictOptions
 
     options = PredictOptions(
         backend=args.backend,

@@ -20,6 +20,7 @@ from concurrent.futures import (
 )
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -32,7 +33,10 @@ from edge_seg.io import (
     strip_volume_suffix,
     write_label_map,
 )
-from edge_seg.predict import PredictOptions, Predictor
+from edge_seg.options import PredictOptions
+
+if TYPE_CHECKING:
+    from edge_seg.predict import Predictor
 
 #: Channel suffix of nnU-Net raw image names; predictions are named without it.
 _CHANNEL_SUFFIX = "_0000"
@@ -104,6 +108,8 @@ _WORKER: Predictor | None = None
 
 
 def _init_worker(bundle_dir: str | None, options: PredictOptions) -> None:
+    from edge_seg.predict import Predictor
+
     global _WORKER
     _WORKER = Predictor(bundle_dir, options)
 

@@ -25,6 +25,8 @@ from edge_seg.crop import (
 )
 from edge_seg.errors import EdgesegError, NotEnoughMemoryError
 from edge_seg.io import Volume, available_memory_bytes
+from edge_seg.launch import open_predictor_and_read
+from edge_seg.options import PredictOptions
 from edge_seg.postprocess import keep_largest_component, organ_volumes_ml
 from edge_seg.preprocess import preprocess, resampling_settings
 from edge_seg.resample import logits_to_labels
@@ -34,50 +36,16 @@ from evaluator.labels import resolve_organs
 #: The bundle ``edgeseg predict`` uses when no ``--model`` is given.
 DEFAULT_BUNDLE = Path(__file__).resolve().parent / "models" / "flare_ct_plain"
 
+__all__ = [
+    "PredictOptions",
+    "Prediction",
+    "Predictor",
+    "default_bundle_dir",
+    "open_predictor_and_read",
+]
+
 #: Presence-prior value meaning "not known" (HALOS convention: 1 present, 0 absent).
 PRESENCE_UNKNOWN = 0.5
-
-
-@dataclass
-class PredictOptions:
-    """How to run a bundle.
-
-    Attributes
-    ----------
-    backend : {"openvino", "onnxruntime"}
-    precision : {"auto", "int8", "fp32", "bf16"}
-        ``auto``: the fastest precision the bundle's fidelity report validated.
-    step : float
-        Sliding-window step as a fraction of the patch (0.5 as nnU-Net).
-    crop : str
-        ``auto``, ``none`` or ``middle:N`` (see :mod:`edge_seg.crop`).
-    lcc : bool
-        Keep only the largest connected component of each organ.
-    absent_organs : tuple of str or int
-        Organs known to be absent (names or label numbers), e.g. after resection.
-    presence : {"prior", "auto"}
-        ``auto``: let the model's presence head decide which organs are present (where the
-        bundle has one); ``prior``: all organs present except ``absent_organs``.
-    threads : int or None
-        Inference threads (None: the backend's default, all cores).
-    present_organs : tuple of str or int
-        Organs known to be present (prior 1 for a network with a presence input; organs
-        named in neither list get 0.5, "unknown").
-    openvino_precision_hint : str or None
-        Override of OpenVINO's ``INFERENCE_PRECISION_HINT`` (e.g. ``"f32"`` to time an INT8
-        model's float layers as on a CPU without AMX); None keeps the precision's own.
-    """
-
-    backend: str = "openvino"
-    precision: str = "auto"
-    step: float = 0.5
-    crop: str = "auto"
-    lcc: bool = True
-    absent_organs: tuple[str | int, ...] = ()
-    presence: str = "prior"
-    threads: int | None = None
-    present_organs: tuple[str | int, ...] = ()
-    openvino_precision_hint: str | None = None
 
 
 @dataclass
@@ -354,29 +322,6 @@ class Predictor:
                 f"{where}: segmenting needs about {need / 2**30:.1f} GiB more memory, "
                 f"only {have / 2**30:.1f} GiB is available"
             )
-
-
-def open_predictor_and_read(
-    bundle_dir: str | Path | None, options: PredictOptions, scan: str | Path
-) -> tuple[Predictor, Volume]:
-    """Compile the bundle while the scan is read (both release the GIL), then return both.
-
-    Compiling a model and decompressing a NIfTI each take a sizeable share of a one-scan run
-    and each keeps one core busy, so they go side by side. When both fail, the problem with
-    the model or the options is the one reported, as it would be if they ran in turn.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from edge_seg.io import read_volume
-
-    with ThreadPoolExecutor(1, thread_name_prefix="edgeseg-compile") as pool:
-        compiling = pool.submit(Predictor, bundle_dir, options)
-        try:
-            volume = read_volume(scan)
-        except EdgesegError:
-            compiling.result()  # raises the model/option error first, if there is one
-            raise
-        return compiling.result(), volume
 
 
 def _sigmoid(value: float) -> float:

@@ -77,7 +77,7 @@ def predict(
 ) -> None:
     """Segment abdominal organs in a CT/MR scan with a model bundle, on the CPU."""
     from edge_seg.batch import find_scans, is_batch_folder
-    from edge_seg.predict import PredictOptions
+    from edge_seg.options import PredictOptions
 
     options = PredictOptions(
         backend=backend,
@@ -111,7 +111,7 @@ def _run_single(
     scan: Path, out: Path, model: Path | None, options, preview: Path | None, quiet: bool
 ) -> None:
     from edge_seg.io import check_output_path, write_label_map
-    from edge_seg.predict import open_predictor_and_read
+    from edge_seg.launch import open_predictor_and_read
 
     started = time.perf_counter()
     if out.resolve() == scan.resolve():

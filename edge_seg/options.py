@@ -1,0 +1,51 @@
+"""Options of a prediction run, kept apart from the runtime so that reading them is cheap.
+
+The command line builds a :class:`PredictOptions` before the runtime's libraries (SciPy,
+OpenVINO) are imported; see :mod:`edge_seg.launch`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class PredictOptions:
+    """How to run a bundle.
+
+    Attributes
+    ----------
+    backend : {"openvino", "onnxruntime"}
+    precision : {"auto", "int8", "fp32", "bf16"}
+        ``auto``: the fastest precision the bundle's fidelity report validated.
+    step : float
+        Sliding-window step as a fraction of the patch (0.5 as nnU-Net).
+    crop : str
+        ``auto``, ``none`` or ``middle:N`` (see :mod:`edge_seg.crop`).
+    lcc : bool
+        Keep only the largest connected component of each organ.
+    absent_organs : tuple of str or int
+        Organs known to be absent (names or label numbers), e.g. after resection.
+    presence : {"prior", "auto"}
+        ``auto``: let the model's presence head decide which organs are present (where the
+        bundle has one); ``prior``: all organs present except ``absent_organs``.
+    threads : int or None
+        Inference threads (None: the backend's default, all cores).
+    present_organs : tuple of str or int
+        Organs known to be present (prior 1 for a network with a presence input; organs
+        named in neither list get 0.5, "unknown").
+    openvino_precision_hint : str or None
+        Override of OpenVINO's ``INFERENCE_PRECISION_HINT`` (e.g. ``"f32"`` to time an INT8
+        model's float layers as on a CPU without AMX); None keeps the precision's own.
+    """
+
+    backend: str = "openvino"
+    precision: str = "auto"
+    step: float = 0.5
+    crop: str = "auto"
+    lcc: bool = True
+    absent_organs: tuple[str | int, ...] = ()
+    presence: str = "prior"
+    threads: int | None = None
+    present_organs: tuple[str | int, ...] = ()
+    openvino_precision_hint: str | None = None
