@@ -91,24 +91,29 @@ TILE_CACHE_BYTES = 512 * 2**20
 def first_pass_starts(
     padded_shape: Sequence[int], patch_size: Sequence[int], step: float
 ) -> list[list[int]]:
-    """Patch starts of the first pass: every other start of the full sliding-window grid.
+    """Patch starts of the first pass: every k-th start of the full sliding-window grid.
 
-    That grid places patches at most ``step * patch`` apart; every other one of them (and
-    the last) still covers the image without gaps when ``step <= 0.5``, and each such tile is
-    also a tile of the full grid, so the main pass can reuse its logits. Where the plane is at
-    most 1.5 patches wide, one centred patch sees the organs (they sit mid-plane) and the
-    first pass costs half or a quarter as much.
+    That grid places patches at most ``step * patch`` apart, so every k-th one with
+    ``k = floor(1 / step)`` (and the last) is at most a patch apart and still covers the image
+    without gaps; each such tile is also a tile of the full grid, so the main pass can reuse
+    its logits. Where ``k`` would be 1 (``step > 0.5``) the full grid is no cheaper than
+    overlapping patches, and the first pass takes non-overlapping ones of its own instead.
+    Where the plane is at most 1.5 patches wide, one centred patch sees the organs (they sit
+    mid-plane) and the first pass costs half or a quarter as much.
     """
     grid = window_starts(padded_shape, patch_size, step)
+    every = int(np.floor(1.0 / step + 1e-9))
     starts = []
     for axis, (size, patch) in enumerate(zip(padded_shape, patch_size, strict=True)):
         if axis > 0 and len(grid[axis]) > 1 and size <= 1.5 * patch:
             starts.append([(size - patch) // 2])
-            continue
-        picked = grid[axis][::2] if step <= 0.5 else window_starts([size], [patch], 1.0)[0]
-        if picked[-1] != grid[axis][-1] and step <= 0.5:
-            picked.append(grid[axis][-1])
-        starts.append(picked)
+        elif every < 2:
+            starts.append(window_starts([size], [patch], 1.0)[0])
+        else:
+            picked = grid[axis][::every]
+            if picked[-1] != grid[axis][-1]:
+                picked.append(grid[axis][-1])
+            starts.append(picked)
     return starts
 
 

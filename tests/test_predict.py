@@ -164,17 +164,23 @@ def test_coarse_foreground_is_argmax_not_background_including_ties() -> None:
     assert first.tiles == {}  # kept only when asked for
 
 
+@pytest.mark.parametrize("step", [0.25, 0.33, 0.5, 0.7])
 @pytest.mark.parametrize("size", [16, 23, 24, 30, 47, 64, 100, 137])
-def test_first_pass_tiles_cover_the_image_and_belong_to_the_full_grid(size: int) -> None:
+def test_first_pass_tiles_cover_the_image_and_belong_to_the_full_grid(
+    size: int, step: float
+) -> None:
     patch = 16
-    full = window_starts([size], [patch], 0.5)[0]
-    first = first_pass_starts([size, size, size], [patch] * 3, 0.5)
+    full = window_starts([size], [patch], step)[0]
+    first = first_pass_starts([size, size, size], [patch] * 3, step)
     covered = np.zeros(size, bool)
     for start in first[0]:
         covered[start : start + patch] = True
     assert covered.all()
-    assert set(first[0]) <= set(full)
-    assert len(first[0]) <= len(window_starts([size], [patch], 1.0)[0])
+    if step <= 0.5:  # reusable by the main pass
+        assert set(first[0]) <= set(full)
+    # As many patches as a step-1 grid where 1 / step is a whole number, else one more at most.
+    extra = 0 if float(1 / step).is_integer() else 1
+    assert len(first[0]) <= len(window_starts([size], [patch], 1.0)[0]) + extra
     if size <= 1.5 * patch:  # in-plane: one centred patch
         assert first[1] == [(size - patch) // 2]
 
