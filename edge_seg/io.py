@@ -120,7 +120,8 @@ def _dicom_series_files(folder: Path) -> list[str]:
     return best
 
 
-def _read_image(path: Path) -> sitk.Image:
+def _read_image(path: Path, reader: sitk.ImageFileReader | None = None) -> sitk.Image:
+    """The image at ``path``; ``reader``: a file reader that has already read its header."""
     if path.is_dir():
         files = _dicom_series_files(path)
         if not files:
@@ -139,7 +140,7 @@ def _read_image(path: Path) -> sitk.Image:
             return reader.Execute()
         except RuntimeError as exc:
             raise EdgesegError(f"{path}: unreadable DICOM series ({_first_line(exc)})") from exc
-    reader = _file_reader(path)
+    reader = reader or _file_reader(path)
     try:
         return reader.Execute()
     except RuntimeError as exc:
@@ -267,6 +268,7 @@ def read_volume(path: str | os.PathLike[str]) -> Volume:
     path = Path(path)
     if not path.exists():
         raise EdgesegError(f"{path}: no such file or folder")
+    reader = None
     if path.is_file() and path.name.lower().endswith(".nii.gz"):
         reader = _file_reader(path)
         array = read_nifti_gz_voxels(path, reader)
@@ -274,7 +276,7 @@ def read_volume(path: str | os.PathLike[str]) -> Volume:
             return _checked_volume(
                 path, array, reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection()
             )
-    image = _read_image(path)
+    image = _read_image(path, reader)  # a declined fast path has read the header already
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise EdgesegError(
             f"{path}: {image.GetNumberOfComponentsPerPixel()} values per voxel (colour/vector "
