@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge_seg.errors import EdgesegError
-from edge_seg.window import PatchRunner, padding_for, window_starts
+from edge_seg.window import PatchStream, padding_for, window_starts
 
 #: Margin added around the organs found by the first pass, in mm, on every side.
 DEFAULT_MARGIN_MM = 20.0
@@ -120,7 +120,7 @@ def first_pass_starts(
 def coarse_foreground(
     image: np.ndarray,
     patch_size: Sequence[int],
-    run_patch: PatchRunner,
+    run_patches: PatchStream,
     step: float = 0.5,
     keep_tiles: bool = False,
 ) -> FirstPass:
@@ -134,26 +134,25 @@ def coarse_foreground(
     padded = np.pad(image, [(0, 0), *pads]) if any(lo or hi for lo, hi in pads) else image
     found = np.zeros(padded.shape[1:], dtype=bool)
     starts = first_pass_starts(padded.shape[1:], patch, step)
-    tiles: dict[tuple[int, int, int], np.ndarray] = {}
+    tiles_kept: dict[tuple[int, int, int], np.ndarray] = {}
     kept_bytes = 0
-    for zs in starts[0]:
-        for ys in starts[1]:
-            for xs in starts[2]:
-                region = (
-                    slice(zs, zs + patch[0]),
-                    slice(ys, ys + patch[1]),
-                    slice(xs, xs + patch[2]),
-                )
-                tile = np.ascontiguousarray(padded[(slice(None), *region)][None])
-                logits = run_patch(tile)
-                # argmax != background, without the argmax: some organ beats background
-                # strictly (argmax breaks ties towards class 0). Ten times cheaper per tile.
-                found[region] |= logits[1:].max(axis=0) > logits[0]
-                if keep_tiles and kept_bytes + logits.nbytes <= TILE_CACHE_BYTES:
-                    tiles[(zs, ys, xs)] = logits
-                    kept_bytes += logits.nbytes
+    regions = [
+        (slice(zs, zs + patch[0]), slice(ys, ys + patch[1]), slice(xs, xs + patch[2]))
+        for zs in starts[0]
+        for ys in starts[1]
+        for xs in starts[2]
+    ]
+    tiles = (np.ascontiguousarray(padded[(slice(None), *region)][None]) for region in regions)
+    for region, logits in zip(regions, run_patches(tiles), strict=True):
+        # argmax != background, without the argmax: some organ beats background
+        # strictly (argmax breaks ties towards class 0). Ten times cheaper per tile.
+        found[region] |= logits[1:].max(axis=0) > logits[0]
+        at = tuple(r.start for r in region)
+        if keep_tiles and kept_bytes + logits.nbytes <= TILE_CACHE_BYTES:
+            tiles_kept[at] = logits
+            kept_bytes += logits.nbytes
     inner = tuple(slice(lo, lo + n) for (lo, _), n in zip(pads, image.shape[1:], strict=True))
-    return FirstPass(found[inner], starts, tiles)
+    return FirstPass(found[inner], starts, tiles_kept)
 
 
 #: A detection cluster smaller than this share of the largest one does not shape the box.

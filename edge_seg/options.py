@@ -37,6 +37,9 @@ class PredictOptions:
     openvino_precision_hint : str or None
         Override of OpenVINO's ``INFERENCE_PRECISION_HINT`` (e.g. ``"f32"`` to time an INT8
         model's float layers as on a CPU without AMX); None keeps the precision's own.
+    streams : int or None
+        OpenVINO inference streams, i.e. patches run at once, sharing ``threads`` (None: 2
+        where there are 2 threads or more, else 1). ONNX Runtime runs one patch at a time.
     """
 
     backend: str = "openvino"
@@ -49,3 +52,4 @@ class PredictOptions:
     threads: int | None = None
     present_organs: tuple[str | int, ...] = ()
     openvino_precision_hint: str | None = None
+    streams: int | None = None

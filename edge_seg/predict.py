@@ -8,6 +8,7 @@ logits resampled to the scan grid and argmaxed slice by slice -> largest compone
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from edge_seg.options import PredictOptions
 from edge_seg.postprocess import keep_largest_component, organ_volumes_ml
 from edge_seg.preprocess import preprocess, resampling_settings
 from edge_seg.resample import logits_to_labels
-from edge_seg.window import count_patches, padding_for, sliding_window
+from edge_seg.window import PatchStream, count_patches, padding_for, sliding_window
 from evaluator.labels import resolve_organs
 
 #: The bundle ``edgeseg predict`` uses when no ``--model`` is given.
@@ -58,7 +59,9 @@ class Prediction:
         uint8 label map in the input volume's grid (z, y, x).
     timings : dict[str, float]
         Seconds per stage (``preprocess``, ``localise``, ``network``, ``sliding_window``,
-        ``postprocess``, ``total``).
+        ``postprocess``, ``total``). ``network`` is the time spent waiting for patch results,
+        within ``localise`` and ``sliding_window``: with several streams the network also
+        runs while the sliding window adds up earlier patches, so that time is not in it.
     presence : dict[str, float] or None
         Presence probability per organ from the model's presence head, if it has one.
     organs : dict[str, int]
@@ -127,6 +130,7 @@ class Predictor:
             self.options.precision,
             self.options.threads,
             self.options.openvino_precision_hint,
+            self.options.streams,
         )
         self.notes: list[str] = []
         ran = str(getattr(self.session, "inference_precision", ""))
@@ -156,17 +160,30 @@ class Predictor:
                 prior[0, i] = 1.0 if present[name] else 0.0
         return prior
 
-    def _runner(self, prior: np.ndarray | None, seen: dict[str, float], clock: list[float]):
-        def run_patch(tile: np.ndarray) -> np.ndarray:
-            start = time.perf_counter()
-            logits, presence_logits = self.session.run(tile, prior)
-            clock[0] += time.perf_counter() - start
-            if presence_logits is not None:
-                for name, value in zip(self.presence_names, presence_logits.tolist(), strict=False):
-                    seen[name] = max(seen.get(name, -np.inf), float(value))
-            return logits
+    def _runner(
+        self, prior: np.ndarray | None, seen: dict[str, float], clock: list[float]
+    ) -> PatchStream:
+        """A patch stream through the session; ``clock[0]`` adds up the time spent waiting
+        for the network, and ``seen`` keeps each organ's highest presence logit."""
 
-        return run_patch
+        def run_patches(tiles: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+            results = self.session.run_many(tiles, prior)
+            while True:
+                start = time.perf_counter()
+                try:
+                    logits, presence_logits = next(results)
+                except StopIteration:
+                    return
+                finally:
+                    clock[0] += time.perf_counter() - start
+                if presence_logits is not None:
+                    for name, value in zip(
+                        self.presence_names, presence_logits.tolist(), strict=False
+                    ):
+                        seen[name] = max(seen.get(name, -np.inf), float(value))
+                yield logits
+
+        return run_patches
 
     # -- main entry -------------------------------------------------------------------------
 
@@ -237,7 +254,7 @@ class Predictor:
             if name not in excluded
         ]
         keep_idx = np.asarray(keep, dtype=np.intp)
-        run_patch = self._runner(self._prior(present), {} if want_auto else presence_seen, clock)
+        run_patches = self._runner(self._prior(present), {} if want_auto else presence_seen, clock)
 
         def kept(logits: np.ndarray) -> np.ndarray:
             return logits if len(keep) == logits.shape[0] else logits[keep_idx]
@@ -260,7 +277,7 @@ class Predictor:
             image,
             bundle.patch_size,
             options.step,
-            lambda patch: kept(run_patch(patch)),
+            lambda tiles: map(kept, run_patches(tiles)),
             len(keep),
             options.threads,
             **placement,

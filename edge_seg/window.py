@@ -13,7 +13,7 @@ only one patch-depth of logits (classes x patch depth x padded height x width).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
@@ -22,6 +22,20 @@ from scipy.ndimage import gaussian_filter
 
 #: A function that runs one patch: float32 (1, C, *patch) -> float32 logits (K, *patch).
 PatchRunner = Callable[[np.ndarray], np.ndarray]
+
+#: A function that runs patches in order: an iterable of float32 (1, C, *patch) tiles in,
+#: their float32 logits (K, *patch) out, in the same order. It may pull tiles ahead of the
+#: results it hands back, to keep several patches in flight (one per inference stream).
+PatchStream = Callable[[Iterable[np.ndarray]], Iterator[np.ndarray]]
+
+
+def one_at_a_time(run_patch: PatchRunner) -> PatchStream:
+    """A :data:`PatchStream` that runs each tile as it comes, with ``run_patch``."""
+
+    def run_patches(tiles: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        return map(run_patch, tiles)
+
+    return run_patches
 
 
 @lru_cache(maxsize=4)
@@ -75,7 +89,7 @@ def sliding_window(
     image: np.ndarray,
     patch_size: Sequence[int],
     step: float,
-    run_patch: PatchRunner,
+    run_patches: PatchStream,
     num_classes: int,
     threads: int | None = None,
     *,
@@ -83,7 +97,7 @@ def sliding_window(
     box: Sequence[slice] | None = None,
     precomputed: Mapping[tuple[int, int, int], np.ndarray] | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Run ``run_patch`` over ``image`` and yield averaged logits slab by slab.
+    """Run the network over ``image`` and yield averaged logits slab by slab.
 
     Parameters
     ----------
@@ -93,8 +107,10 @@ def sliding_window(
         Network patch (Z, Y, X).
     step : float
         Patch spacing as a fraction of the patch (0.5 = half-overlapping, nnU-Net's default).
-    run_patch : callable
-        float32 (1, C, *patch) -> float32 (num_classes, *patch).
+    run_patches : callable
+        A :data:`PatchStream`: tiles float32 (1, C, *patch) in z, y, x order -> their logits
+        float32 (num_classes, *patch), in the same order (:func:`one_at_a_time` makes one
+        from a function of one patch).
     num_classes : int
         Number of logit channels.
     threads : int, optional
@@ -134,7 +150,7 @@ def sliding_window(
     logits_sum = np.zeros((num_classes, depth, size[1], size[2]), dtype=np.float32)
     weight_sum = np.zeros((depth, size[1], size[2]), dtype=np.float32)
     # Weighting and adding a patch's logits is NumPy work that releases the GIL: it is split
-    # over classes between threads (the network is idle meanwhile, so the cores are free).
+    # over classes between threads, and overlaps the patches a stream keeps in flight.
     threads = max(1, min(threads or os.cpu_count() or 1, num_classes))
     groups = [range(c, num_classes, threads) for c in range(threads)]
 
@@ -151,9 +167,18 @@ def sliding_window(
             slab = logits_sum[:, rows, by, bx] / weight_sum[rows, by, bx]
             yield lo - bz.start, slab
 
+    positions = [(zs, ys, xs) for zs in starts[0] for ys in starts[1] for xs in starts[2]]
+    to_run = [at for at in positions if at not in precomputed]
+    tiles = (
+        np.ascontiguousarray(
+            padded[None, :, zs : zs + depth, ys : ys + patch[1], xs : xs + patch[2]]
+        )
+        for zs, ys, xs in to_run
+    )
+    results = iter(run_patches(tiles))
     origin = starts[0][0]  # padded z index of logits_sum[:, 0]
     with ThreadPoolExecutor(threads) as pool:
-        for zs in starts[0]:
+        for zs, ys, xs in positions:
             if zs > origin:
                 yield from finished(origin, zs)
                 n = zs - origin  # shift the window down by n slices
@@ -162,18 +187,13 @@ def sliding_window(
                 weight_sum[: depth - n] = weight_sum[n:].copy()
                 weight_sum[depth - n :] = 0
                 origin = zs
-            for ys in starts[1]:
-                for xs in starts[2]:
-                    logits = precomputed.get((zs, ys, xs))
-                    if logits is None:
-                        tile = np.ascontiguousarray(
-                            padded[None, :, zs : zs + depth, ys : ys + patch[1], xs : xs + patch[2]]
-                        )
-                        logits = run_patch(tile)
-                    region = (slice(0, depth), slice(ys, ys + patch[1]), slice(xs, xs + patch[2]))
-                    for _ in pool.map(lambda g, lg=logits, r=region: accumulate(lg, r, g), groups):
-                        pass
-                    weight_sum[region] += weights
+            logits = precomputed.get((zs, ys, xs))
+            if logits is None:
+                logits = next(results)
+            region = (slice(0, depth), slice(ys, ys + patch[1]), slice(xs, xs + patch[2]))
+            for _ in pool.map(lambda g, lg=logits, r=region: accumulate(lg, r, g), groups):
+                pass
+            weight_sum[region] += weights
         yield from finished(origin, origin + depth)
 
 

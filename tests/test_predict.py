@@ -29,7 +29,13 @@ from edge_seg.io import Volume
 from edge_seg.postprocess import keep_largest_component
 from edge_seg.predict import PredictOptions, Predictor
 from edge_seg.resample import logits_to_labels
-from edge_seg.window import gaussian_importance, padding_for, sliding_window, window_starts
+from edge_seg.window import (
+    gaussian_importance,
+    one_at_a_time,
+    padding_for,
+    sliding_window,
+    window_starts,
+)
 
 SPACING = (2.5, 1.2, 1.2)
 
@@ -80,7 +86,7 @@ def test_streamed_sliding_window_equals_whole_volume_average() -> None:
     def run(tile: np.ndarray) -> np.ndarray:  # depends on the patch position through the data
         return (mixing[:, :, None, None] * tile[0]).reshape(classes, *patch) + tile[0].mean()
 
-    slabs = list(sliding_window(image, patch, 0.5, run, classes))
+    slabs = list(sliding_window(image, patch, 0.5, one_at_a_time(run), classes))
     streamed = np.concatenate([s for _, s in slabs], axis=1)
     assert [z for z, _ in slabs] == sorted(z for z, _ in slabs)
     # Reference: one accumulator for the whole volume.
@@ -145,7 +151,7 @@ def test_coarse_foreground_is_argmax_not_background_including_ties() -> None:
         tiles.append(logits)
         return logits
 
-    first = coarse_foreground(image, (8, 16, 16), run_patch)
+    first = coarse_foreground(image, (8, 16, 16), one_at_a_time(run_patch))
     found = first.found
     assert found.shape == image.shape[1:]
     expected = np.zeros_like(found)
@@ -201,7 +207,9 @@ def test_full_grid_tiles_over_a_box_give_the_uncropped_logits_there() -> None:
     image = rng.normal(size=(1, 40, 30, 26)).astype(np.float32)
     patch, classes = (8, 12, 10), 3
     run, calls = _mixing_runner(classes, patch)
-    whole = np.concatenate([s for _, s in sliding_window(image, patch, 0.5, run, classes)], 1)
+    whole = np.concatenate(
+        [s for _, s in sliding_window(image, patch, 0.5, one_at_a_time(run), classes)], 1
+    )
     box = (slice(9, 27), slice(4, 20), slice(3, 11))
     grid = window_starts(image.shape[1:], patch, 0.5)
     starts = [
@@ -216,14 +224,27 @@ def test_full_grid_tiles_over_a_box_give_the_uncropped_logits_there() -> None:
         known[at] = run(image[(slice(None), *region)][None])
     calls.clear()
     slabs = list(
-        sliding_window(image, patch, 0.5, run, classes, starts=starts, box=box, precomputed=known)
+        sliding_window(
+            image,
+            patch,
+            0.5,
+            one_at_a_time(run),
+            classes,
+            starts=starts,
+            box=box,
+            precomputed=known,
+        )
     )
     assert len(calls) == int(np.prod([len(s) for s in starts])) - len(known)
     assert next(z for z, _ in slabs) == 0
     cropped = np.concatenate([s for _, s in slabs], axis=1)
     np.testing.assert_allclose(cropped, whole[(slice(None), *box)], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="uncovered"):
-        list(sliding_window(image, patch, 0.5, run, classes, starts=[[16], *starts[1:]], box=box))
+        list(
+            sliding_window(
+                image, patch, 0.5, one_at_a_time(run), classes, starts=[[16], *starts[1:]], box=box
+            )
+        )
 
 
 def test_plan_tiles_covers_any_box_with_no_more_runs_than_a_box_grid() -> None:

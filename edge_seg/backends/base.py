@@ -9,6 +9,7 @@ than fp32 is skipped).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -68,6 +69,12 @@ class Session(Protocol):
         presence_logits : np.ndarray or None
             float32, shape (K,) where the network has a presence head.
         """
+        ...
+
+    def run_many(
+        self, images: Iterable[np.ndarray], presence: np.ndarray | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """Run patches in order (a backend may keep several in flight); yields as ``run``."""
         ...
 
 
@@ -130,17 +137,20 @@ def open_session(
     precision: str,
     threads: int | None,
     openvino_precision_hint: str | None = None,
+    streams: int | None = None,
 ) -> Session:
     """Compile the chosen model file on the chosen backend.
 
     ``openvino_precision_hint`` overrides OpenVINO's ``INFERENCE_PRECISION_HINT`` (``"f32"``
     runs an INT8 model's float layers as a CPU without AMX would; ``"default"`` sets none).
+    ``streams``: OpenVINO inference streams (patches in flight; None: 2 from 2 threads up).
+    ONNX Runtime runs one patch at a time.
     """
     choice = choose_model(bundle, backend, precision)
     if backend == "openvino":
         from edge_seg.backends.openvino import OpenVinoSession
 
-        return OpenVinoSession(bundle, choice, threads, openvino_precision_hint)
+        return OpenVinoSession(bundle, choice, threads, openvino_precision_hint, streams)
     if openvino_precision_hint is not None:
         raise EdgesegError("an OpenVINO precision hint was given for the onnxruntime backend")
     from edge_seg.backends.onnxruntime import OnnxRuntimeSession

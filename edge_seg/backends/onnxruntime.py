@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 import numpy as np
 
 from edge_seg.backends.base import ModelChoice
@@ -56,3 +58,10 @@ class OnnxRuntimeSession:
         outputs = self.session.run(wanted, feed)
         presence_logits = outputs[1].reshape(-1) if self.has_presence_output else None
         return outputs[0][0], presence_logits
+
+    def run_many(
+        self, images: Iterable[np.ndarray], presence: np.ndarray | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """Run patches one after the other (the session's threads share each one)."""
+        for image in images:
+            yield self.run(image, presence)

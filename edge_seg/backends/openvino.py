@@ -8,6 +8,11 @@ Bundles export their models with dynamic spatial axes, but the sliding window on
 one patch shape, so the model is reshaped to that static shape before compiling: the CPU
 plugin then plans its memory and picks its kernels once instead of per inference.
 
+Patches go through several inference streams at once (:meth:`OpenVinoSession.run_many`), each
+with its share of the threads: on 2 cores, 2 streams of 1 thread ran 20-25 % more patches per
+second than 1 stream of 2 threads (fp32 and INT8), since one thread per convolution spends no
+time on synchronisation and the NumPy work between patches overlaps the network.
+
 Compiled models are cached on disk (OpenVINO's ``CACHE_DIR``; see :func:`model_cache_dir`):
 compiling takes a sizeable share of a one-scan run (0.5 s of about 6 s for a 512x512x300 CT
 on 2 cores), loading the cached blob half of that.
@@ -16,6 +21,8 @@ on 2 cores), loading the cached blob half of that.
 from __future__ import annotations
 
 import os
+from collections import deque
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +35,7 @@ _HINTS = {"fp32": "f32", "bf16": "bf16"}
 
 
 class OpenVinoSession:
-    """A compiled OpenVINO model with one infer request, reused for every patch."""
+    """A compiled OpenVINO model with one infer request per stream, reused for every patch."""
 
     def __init__(
         self,
@@ -36,9 +43,11 @@ class OpenVinoSession:
         choice: ModelChoice,
         threads: int | None,
         precision_hint: str | None = None,
+        streams: int | None = None,
     ) -> None:
         """``precision_hint``: override of INFERENCE_PRECISION_HINT (``"default"`` sets none,
-        as a plain OpenVINO user would; benchmarks use it to show what that costs)."""
+        as a plain OpenVINO user would; benchmarks use it to show what that costs).
+        ``streams``: patches in flight at once (None: :func:`default_streams`)."""
         import openvino as ov
 
         self.choice = choice
@@ -47,9 +56,16 @@ class OpenVinoSession:
         cache = model_cache_dir()
         if cache is not None:
             core.set_property({"CACHE_DIR": str(cache)})
-        config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
+        total_threads = int(threads) if threads else (os.cpu_count() or 1)
+        self.streams = int(streams) if streams else default_streams(total_threads)
+        if self.streams < 1:
+            raise EdgesegError(f"--streams: {streams} is not a positive number")
+        config: dict[str, object] = {
+            "PERFORMANCE_HINT": "LATENCY" if self.streams == 1 else "THROUGHPUT",
+            "NUM_STREAMS": self.streams,
+            # OpenVINO shares these between the streams.
+            "INFERENCE_NUM_THREADS": max(total_threads, self.streams),
+        }
         hint = precision_hint or _HINTS.get(choice.precision)
         if hint and hint != "default":
             config["INFERENCE_PRECISION_HINT"] = hint
@@ -63,7 +79,8 @@ class OpenVinoSession:
             raise EdgesegError(
                 f"{choice.path}: OpenVINO cannot load the model ({_short(exc)})"
             ) from exc
-        self.request = self.compiled.create_infer_request()
+        self.requests = [self.compiled.create_infer_request() for _ in range(self.streams)]
+        self.request = self.requests[0]
         outputs = {name for out in self.compiled.outputs for name in out.get_names()}
         self.has_presence_output = self.names["presence_logits"] in outputs
         inputs = {name for inp in self.compiled.inputs for name in inp.get_names()}
@@ -73,18 +90,57 @@ class OpenVinoSession:
     def run(
         self, image: np.ndarray, presence: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray | None]:
+        self.request.infer(self._feed(image, presence))
+        return self._outputs(self.request)
+
+    def run_many(
+        self, images: Iterable[np.ndarray], presence: np.ndarray | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """Run patches in order with up to ``streams`` of them in flight; yields as ``run``.
+
+        Each result is a copy, so it stays valid while its request runs the next patch.
+        """
+        idle = deque(self.requests)
+        busy: deque = deque()
+        for image in images:
+            if not idle:
+                done = busy.popleft()
+                done.wait()
+                yield self._outputs(done)
+                idle.append(done)
+            request = idle.popleft()
+            request.start_async(self._feed(image, presence))
+            busy.append(request)
+        while busy:
+            done = busy.popleft()
+            done.wait()
+            yield self._outputs(done)
+
+    def _feed(self, image: np.ndarray, presence: np.ndarray | None) -> dict[str, np.ndarray]:
         feed = {self.names["image"]: image}
         if self.has_presence_input:
             if presence is None:
                 raise EdgesegError(f"{self.choice.path}: model needs a presence prior input")
             feed[self.names["presence"]] = presence
-        result = self.request.infer(feed)
-        logits = np.asarray(result[self.compiled.output(self.names["logits"])])[0]
+        return feed
+
+    def _outputs(self, request) -> tuple[np.ndarray, np.ndarray | None]:
+        tensor = request.get_tensor(self.compiled.output(self.names["logits"]))
+        logits = np.array(tensor.data[0], copy=True)
         presence_logits = None
         if self.has_presence_output:
-            out = self.compiled.output(self.names["presence_logits"])
-            presence_logits = np.asarray(result[out]).reshape(-1)
+            out = request.get_tensor(self.compiled.output(self.names["presence_logits"]))
+            presence_logits = np.array(out.data, copy=True).reshape(-1)
         return logits, presence_logits
+
+
+def default_streams(threads: int) -> int:
+    """Inference streams for ``threads`` threads: 2 where there are 2 threads or more.
+
+    More streams than 2 pay little more on CPUs of a few cores and each holds its own
+    activations (about 150 MB for a 48x128x128 patch of the reference model).
+    """
+    return 2 if threads >= 2 else 1
 
 
 #: Environment variable naming the folder for compiled models; empty or ``off``: no cache.

@@ -67,6 +67,13 @@ def predict(
     threads: int | None = typer.Option(
         None, "--threads", min=1, help="Inference threads (default: all cores)."
     ),
+    streams: int | None = typer.Option(
+        None,
+        "--streams",
+        min=1,
+        help="OpenVINO patches in flight at once, sharing the threads (default: 2 from 2 "
+        "threads up).",
+    ),
     preview: Path | None = typer.Option(
         None, "--preview", help="Save an axial + coronal overlay PNG (a folder in batch mode)."
     ),
@@ -89,6 +96,7 @@ def predict(
         present_organs=tuple(present),
         presence=presence,
         threads=threads,
+        streams=streams,
     )
     if not input_path.exists():
         raise EdgesegError(f"{input_path}: no such file or folder")
