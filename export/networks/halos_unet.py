@@ -150,6 +150,19 @@ class HalosUNet(nn.Module):
     def forward(
         self, image: torch.Tensor, presence: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        features, presence_logits = self.decoder_features(image, presence)
+        x = self.decoder_daft[-1](features, presence)
+        return self.segmentation_head(x), presence_logits
+
+    def decoder_features(
+        self, image: torch.Tensor, presence: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last decoder stage's output before its DAFT block, and the presence logits.
+
+        ``forward`` is ``segmentation_head(decoder_daft[-1](features, presence))`` on these;
+        the prior fine-tune (:mod:`export.train_prior`) trains that last part on cached
+        features.
+        """
         skips: list[torch.Tensor] = []
         x = image
         for stage in self.encoder:
@@ -160,10 +173,12 @@ class HalosUNet(nn.Module):
         presence_logits = self.presence_head(pooled)
 
         x = self.bottleneck_daft(x, presence)
+        last = len(self.decoder) - 1
         for i, (up, block, daft) in enumerate(
             zip(self.upsample, self.decoder, self.decoder_daft, strict=True)
         ):
             x = up(x)
             x = block(torch.cat([x, skips[-(i + 2)]], dim=1))
-            x = daft(x, presence)
-        return self.segmentation_head(x), presence_logits
+            if i < last:
+                x = daft(x, presence)
+        return x, presence_logits
