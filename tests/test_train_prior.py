@@ -77,15 +77,23 @@ def _blob_cases(network: HalosUNet, prior_matters: bool) -> list[tp.CachedPatch]
 
 def test_tune_teaches_the_last_fusion_to_drop_an_absent_organ() -> None:
     """A model that segments the blob whatever the prior learns from the tune that "absent"
-    means no gallbladder and "present" keeps it; the frozen layers stay as they were."""
+    means no gallbladder and "present" keeps it, through its last DAFT block alone; the
+    frozen layers (encoder, segmentation head) stay as they were."""
     network = tiny_network()
     rng = np.random.default_rng(0)
-    config = tp.PriorTuneConfig(steps=600, batch_size=4, learning_rate=3e-2)
-    tp.tune(network, _blob_cases(network, prior_matters=False), config, rng)
+    config = tp.PriorTuneConfig(steps=600, batch_size=4, learning_rate=3e-2, crop=(8, 12, 12))
+    pretrain = tp.PriorTuneConfig(**{**config.__dict__, "train_head": True})
+    tp.tune(network, _blob_cases(network, prior_matters=False), pretrain, rng)
     items = _blob_cases(network, prior_matters=True)
     before = tp.gallbladder_checks(network, items)
     assert before == {"found, truth prior": 1.0, "hallucinated, truth prior": 1.0}
-    frozen = {k: v.clone() for k, v in network.state_dict().items() if "encoder" in k}
+    frozen = {
+        k: v.clone()
+        for k, v in network.state_dict().items()
+        if "encoder" in k or "segmentation_head" in k
+    }
+    tp.find_focus(network, items)
+    assert all(len(item.focus) for item in items)  # hallucinated or true, there is one
     tp.tune(network, items, config, rng)
     after = tp.gallbladder_checks(network, items)
     assert after == {"found, truth prior": 1.0, "hallucinated, truth prior": 0.0}

@@ -67,7 +67,13 @@ class DaftBlock(nn.Module):
         nn.init.zeros_(self.mlp[2].bias)
 
     def forward(self, x: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
-        pooled = x.mean(dim=(2, 3, 4))
+        return self.modulate(x, x.mean(dim=(2, 3, 4)), presence)
+
+    def modulate(
+        self, x: torch.Tensor, pooled: torch.Tensor, presence: torch.Tensor
+    ) -> torch.Tensor:
+        """The block with the pooled features given: ``x`` may then be a crop of the map
+        they were pooled over (the prior fine-tune trains on crops)."""
         params = self.mlp(torch.cat([pooled, presence], dim=1))
         scale = params[:, : self.channels, None, None, None]
         shift = params[:, self.channels :, None, None, None]
