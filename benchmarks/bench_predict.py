@@ -145,7 +145,10 @@ def run_once(args: argparse.Namespace) -> None:
         total=time.perf_counter() - start,
     )
     ran = str(getattr(predictor.session, "inference_precision", "?"))
-    print(json.dumps({**timings, "ran": ran.replace("<Type: ", "").strip("'>")}))
+    print(json.dumps({**timings, "ran": ran.replace("<Type: ", "").strip("'>")}), flush=True)
+    # Leave as the edgeseg executable does (edge_seg.cli.run): without the interpreter's
+    # teardown, which only unloads libraries once the file is written.
+    os._exit(0)
 
 
 def measure(argv: list[str], runs: int) -> tuple[list[float], list[float], list[dict]]:

@@ -1,3 +1,3 @@
-from edge_seg.cli import main
+from edge_seg.cli import run
 
-main()
+run()
