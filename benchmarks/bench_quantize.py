@@ -83,22 +83,26 @@ def unshipped_int8(bundle: Bundle, calib: Path, work: Path) -> Bundle:
 
 
 def sessions(bundle: Bundle, threads: int | None) -> dict[str, Any]:
-    """Every (backend, precision) route the bundle supports, as the runtime opens it."""
+    """Every (backend, precision) route the bundle supports, as the runtime opens it.
+
+    OpenVINO sessions get one stream: this measures the latency of one patch on all threads
+    (with the runtime's 2 streams a lone patch runs on one stream's single thread).
+    """
     from edge_seg.backends.openvino import OpenVinoSession
 
     routes: dict[str, Any] = {
         "ORT fp32": open_session(bundle, "onnxruntime", "fp32", threads),
-        "OV fp32 (f32 hint)": open_session(bundle, "openvino", "fp32", threads),
-        "OV bf16": open_session(bundle, "openvino", "bf16", threads),
+        "OV fp32 (f32 hint)": open_session(bundle, "openvino", "fp32", threads, streams=1),
+        "OV bf16": open_session(bundle, "openvino", "bf16", threads, streams=1),
     }
     if "int8_onnx" in bundle.files:
         routes["ORT int8 (QDQ)"] = open_session(bundle, "onnxruntime", "int8", threads)
     if "int8_openvino" in bundle.files:
-        routes["OV int8"] = open_session(bundle, "openvino", "int8", threads)
+        routes["OV int8"] = open_session(bundle, "openvino", "int8", threads, streams=1)
         # Same IR with the f32 hint: non-quantised layers in f32, as on CPUs without bf16.
         choice = ModelChoice("openvino", "fp32", "int8_openvino",
                              bundle.model_path("int8_openvino"))
-        routes["OV int8 (f32 hint)"] = OpenVinoSession(bundle, choice, threads)
+        routes["OV int8 (f32 hint)"] = OpenVinoSession(bundle, choice, threads, streams=1)
     return routes
 
 

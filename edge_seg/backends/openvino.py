@@ -90,6 +90,8 @@ class OpenVinoSession:
     def run(
         self, image: np.ndarray, presence: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray | None]:
+        """One patch on the first stream: with several streams it gets that stream's share of
+        the threads only (:meth:`run_many` keeps them all busy)."""
         self.request.infer(self._feed(image, presence))
         return self._outputs(self.request)
 
