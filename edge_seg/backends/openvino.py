@@ -102,21 +102,16 @@ class OpenVinoSession:
 
         Each result is a copy, so it stays valid while its request runs the next patch.
         """
-        idle = deque(self.requests)
+        # Requests are used in turn, so the oldest one in flight is always the next to reuse.
         busy: deque = deque()
-        for image in images:
-            if not idle:
-                done = busy.popleft()
-                done.wait()
-                yield self._outputs(done)
-                idle.append(done)
-            request = idle.popleft()
+        for i, image in enumerate(images):
+            if len(busy) == len(self.requests):
+                yield self._collect(busy.popleft())
+            request = self.requests[i % len(self.requests)]
             request.start_async(self._feed(image, presence))
             busy.append(request)
         while busy:
-            done = busy.popleft()
-            done.wait()
-            yield self._outputs(done)
+            yield self._collect(busy.popleft())
 
     def _feed(self, image: np.ndarray, presence: np.ndarray | None) -> dict[str, np.ndarray]:
         feed = {self.names["image"]: image}
@@ -125,6 +120,10 @@ class OpenVinoSession:
                 raise EdgesegError(f"{self.choice.path}: model needs a presence prior input")
             feed[self.names["presence"]] = presence
         return feed
+
+    def _collect(self, request) -> tuple[np.ndarray, np.ndarray | None]:
+        request.wait()
+        return self._outputs(request)
 
     def _outputs(self, request) -> tuple[np.ndarray, np.ndarray | None]:
         tensor = request.get_tensor(self.compiled.output(self.names["logits"]))
@@ -140,7 +139,8 @@ def default_streams(threads: int) -> int:
     """Inference streams for ``threads`` threads: 2 where there are 2 threads or more.
 
     More streams than 2 pay little more on CPUs of a few cores and each holds its own
-    activations (about 150 MB for a 48x128x128 patch of the reference model).
+    activations (the second one added 120-140 MB of peak memory for the reference model's
+    48x128x128 patch, ``benchmarks/bench_predict.py``).
     """
     return 2 if threads >= 2 else 1
 
