@@ -91,7 +91,6 @@ class CachedPatch:
     prior: np.ndarray  # float32 (K,)
     labels: np.ndarray  # uint8 (*patch)
     prior_kind: str  # "truth" or "unknown"
-    gallbladder_resected: bool  # the case has no gallbladder at all
     truth_prior: np.ndarray | None = None  # float32 (K,) the case's true presence vector
     pooled: np.ndarray | None = None  # float32 (C,) features averaged over the patch
     focus: np.ndarray | None = None  # bool (*patch) gallbladder voxels, true or predicted
@@ -102,6 +101,11 @@ class CachedPatch:
             self.truth_prior = self.prior
         if self.pooled is None:
             self.pooled = self.features.mean(axis=(1, 2, 3))
+
+    @property
+    def gallbladder_resected(self) -> bool:
+        """The case has no gallbladder at all."""
+        return bool(self.truth_prior[PRESENCE_ORGANS.index("gallbladder")] == 0.0)
 
 
 def patch_starts(
@@ -145,7 +149,6 @@ def cache_features(
     import torch
 
     cached = []
-    gallbladder = PRESENCE_ORGANS.index("gallbladder")
     unknown = np.full(len(PRESENCE_ORGANS), PRESENCE_UNKNOWN, np.float32)
     for case, (image, label) in enumerate(zip(images, labels, strict=True)):
         image, label = pad_to(image, patch, 0.0), pad_to(label, patch, 0)
@@ -159,7 +162,7 @@ def cache_features(
                     features, _ = network.decoder_features(x, torch.from_numpy(p[None]))
                 cached.append(CachedPatch(
                     case, features[0].numpy().copy(), p, np.ascontiguousarray(label[window]),
-                    kind, prior[gallbladder] == 0.0, truth_prior=prior,
+                    kind, truth_prior=prior,
                 ))
     return cached
 
@@ -361,8 +364,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"after: {after}", flush=True)
 
     record: dict[str, Any] = {
-        "stage": "prior fine-tune (export.train_prior): last DAFT block + segmentation head "
-                 "on cached decoder features",
+        "stage": "prior fine-tune (export.train_prior): last DAFT block"
+                 + (" + segmentation head" if config.train_head else "")
+                 + " on crops of cached decoder features",
         "config": asdict(config),
         "patches_cached": len(cached),
         "cache_s": round(cache_s, 1),

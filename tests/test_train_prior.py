@@ -75,7 +75,7 @@ def _blob_cases(prior_matters: bool) -> list[tp.CachedPatch]:
         labels = np.zeros(PATCH, np.uint8)
         if not resected or not prior_matters:
             labels[2:6, 4:12, 4:12] = GALLBLADDER
-        items.append(tp.CachedPatch(case, features, prior, labels, "truth", resected))
+        items.append(tp.CachedPatch(case, features, prior, labels, "truth"))
     return items
 
 
