@@ -206,3 +206,28 @@ def test_fast_reader_matches_itk_on_real_ct(shared_data: Path) -> None:
     if not path.is_file():
         pytest.skip(f"{path} not present")
     _assert_reads_as_itk_does(path)
+
+
+@pytest.mark.parametrize("chunk", [97, 512 * 1024])
+def test_fast_reader_reads_many_gzip_members_and_small_pieces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    """bgzip and ``pigz -i`` write several gzip members; zero padding may follow the last."""
+    import gzip
+
+    import edge_seg.io as io
+
+    monkeypatch.setattr(io, "_INFLATE_CHUNK", chunk)
+    rng = np.random.default_rng(3)
+    array = rng.integers(-1000, 1000, (9, 20, 24), np.int16)
+    single = _write(tmp_path / "one.nii", array)
+    raw = single.read_bytes()
+    members = b"".join(gzip.compress(raw[i : i + 700]) for i in range(0, len(raw), 700))
+    many = tmp_path / "many.nii.gz"
+    many.write_bytes(members + b"\0" * 64)
+    assert io.read_nifti_gz_voxels(many, io._file_reader(many)) is not None
+    np.testing.assert_array_equal(read_volume(many).array, array)
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(members[: len(members) - 40])  # the last member loses its end
+    with pytest.raises(EdgesegError, match=r"cut\.nii\.gz: unreadable image file"):
+        read_volume(cut)

@@ -508,3 +508,52 @@ def test_openvino_compiled_models_are_cached_where_asked(
     blocker.write_text("a file where the cache folder would go")
     monkeypatch.setenv("EDGESEG_CACHE_DIR", str(blocker / "cache"))
     assert model_cache_dir() is None  # not creatable: no cache, no error
+
+
+@pytest.mark.parametrize(("n_in", "n_out"), [(40, 13), (13, 40), (7, 2), (64, 64 - 1)])
+def test_cubic_matrix_resize_equals_spline_prefilter(n_in: int, n_out: int) -> None:
+    from edge_seg.resample import _cubic_along, _spline_along
+
+    data = np.random.default_rng(n_in).normal(size=(n_in, 6, n_in)).astype(np.float32)
+    for axis in (0, 2):
+        dense = _cubic_along(data, axis, n_out)
+        spline = _spline_along(data, axis, n_out)
+        np.testing.assert_allclose(dense, spline, atol=2e-6)
+
+
+def test_gaussian_importance_equals_scipy_filtered_impulse() -> None:
+    from scipy.ndimage import gaussian_filter
+
+    for patch in ((5, 12, 9), (48, 128, 128)):
+        delta = np.zeros(patch)
+        delta[tuple(s // 2 for s in patch)] = 1
+        expected = gaussian_filter(delta, [s / 8 for s in patch], 0, mode="constant", cval=0)
+        expected = expected / expected.max() * 10
+        expected[expected == 0] = expected[expected > 0].min()
+        np.testing.assert_allclose(gaussian_importance(patch), expected, rtol=1e-6)
+
+
+def test_dilate_box_equals_scipy_binary_dilation() -> None:
+    from scipy.ndimage import binary_dilation
+
+    from edge_seg.crop import dilate_box
+
+    mask = np.random.default_rng(5).random((11, 9, 14)) > 0.97
+    for radius in ((1, 1, 1), (2, 0, 3), (0, 0, 0)):
+        structure = np.ones([2 * r + 1 for r in radius], bool)
+        np.testing.assert_array_equal(
+            dilate_box(mask, radius), binary_dilation(mask, structure=structure)
+        )
+
+
+def test_predict_path_does_not_import_scipy() -> None:
+    """SciPy's ndimage takes about 0.4 s to import: one scan's start-up must not pay it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, edge_seg.predict, edge_seg.cli, edge_seg.backends.openvino\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'scipy'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
