@@ -38,11 +38,10 @@ DEFAULT_MODEL = ROOT / "edge_seg" / "models" / "flare_ct_plain"
 PHANTOM_SEED = 5000
 CORES = 2
 
-#: (row name, backend, precision, OpenVINO hint override)
-#: name, backend, precision, OpenVINO precision hint, OpenVINO streams (None: default, 2).
+#: name, backend, precision, OpenVINO precision hint, OpenVINO streams (None: the default).
 CONFIGS = [
     ("openvino int8", "openvino", "int8", None, None),
-    ("openvino int8, 1 stream", "openvino", "int8", None, 1),
+    ("openvino int8 (1 stream)", "openvino", "int8", None, 1),
     ("openvino fp32 (f32 hint)", "openvino", "fp32", None, None),
     ("openvino bf16 (bf16 hint)", "openvino", "bf16", None, None),
     ("openvino fp32 (no hint)", "openvino", "fp32", "default", None),
@@ -267,8 +266,9 @@ def main() -> None:
         f"{CORES} inference threads). Phantom: `generate_phantom({PHANTOM_SEED})`, "
         "512x512x300 voxels, 0.8x0.8x2.5 mm. Default options (`--crop auto`, LCC on). "
         "OpenVINO's compiled-model cache starts empty: the first run of each row compiles "
-        "the model, the others load it from the cache. OpenVINO runs 2 inference streams "
-        "(patches in flight) of 1 thread each unless the row says otherwise. `network s` is "
+        "the model, the others load it from the cache (the CLI row shares the first row's "
+        "compiled model). OpenVINO runs 2 inference streams (patches in flight) of 1 thread "
+        "each unless the row says otherwise. `network s` is "
         "the time spent waiting for patch results; `window+argmax s` includes it.",
         "",
         "| configuration | OpenVINO ran | median s | min s | max s | peak RSS MB "

@@ -127,7 +127,8 @@ def coarse_foreground(
     """Run the network once over (about) non-overlapping patches and map what it calls organ.
 
     No Gaussian averaging: a voxel is organ where any tile covering it says so.
-    ``keep_tiles`` keeps the tiles' logits (up to :data:`TILE_CACHE_BYTES`) for the main pass.
+    ``keep_tiles`` keeps the tiles' logits (up to :data:`TILE_CACHE_BYTES`) for the main pass;
+    ``run_patches`` must then hand out results that stay valid (copies, not engine buffers).
     """
     patch = tuple(int(p) for p in patch_size)
     pads = padding_for(image.shape[1:], patch)

@@ -161,13 +161,18 @@ class Predictor:
         return prior
 
     def _runner(
-        self, prior: np.ndarray | None, seen: dict[str, float], clock: list[float]
+        self,
+        prior: np.ndarray | None,
+        seen: dict[str, float],
+        clock: list[float],
+        keeps_results: bool = False,
     ) -> PatchStream:
         """A patch stream through the session; ``clock[0]`` adds up the time spent waiting
-        for the network, and ``seen`` keeps each organ's highest presence logit."""
+        for the network, and ``seen`` keeps each organ's highest presence logit. Unless the
+        consumer ``keeps_results``, each result is valid only until it asks for the next."""
 
         def run_patches(tiles: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-            results = self.session.run_many(tiles, prior)
+            results = self.session.run_many(tiles, prior, copy=keeps_results)
             while True:
                 start = time.perf_counter()
                 try:
@@ -229,7 +234,7 @@ class Predictor:
             first = coarse_foreground(
                 image,
                 bundle.patch_size,
-                self._runner(prior, coarse_seen, clock),
+                self._runner(prior, coarse_seen, clock, keeps_results=reuse),
                 options.step,
                 keep_tiles=reuse,
             )

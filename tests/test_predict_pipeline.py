@@ -246,6 +246,23 @@ def test_run_many_returns_each_patch_its_own_logits_in_order(
     assert not np.allclose(got[0], got[1], atol=1e-3)
 
 
+@pytest.mark.parametrize("streams", [1, 2])
+def test_run_many_without_copies_gives_each_result_until_the_next(
+    static_bundle: Path, streams: int
+) -> None:
+    """``copy=False`` hands out OpenVINO's own buffers: read at once, they are each patch's."""
+    bundle = load_bundle(static_bundle)
+    rng = np.random.default_rng(4)
+    tiles = [rng.normal(size=(1, 1, *bundle.patch_size)).astype(np.float32) for _ in range(5)]
+    one = open_session(bundle, "openvino", "fp32", 2, streams=1)
+    expected = [one.run(tile)[0] for tile in tiles]
+    session = open_session(bundle, "openvino", "fp32", 2, streams=streams)
+    got = [logits.copy() for logits, _ in session.run_many(iter(tiles), copy=False)]
+    for want, have in zip(expected, got, strict=True):
+        np.testing.assert_allclose(have, want, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(got[0], got[1], atol=1e-3)
+
+
 def test_streams_setting_reaches_openvino(static_bundle: Path) -> None:
     bundle = load_bundle(static_bundle)
     assert (
@@ -253,6 +270,7 @@ def test_streams_setting_reaches_openvino(static_bundle: Path) -> None:
         == 2
     )
     assert open_session(bundle, "openvino", "fp32", 2, streams=1).streams == 1
+    assert open_session(bundle, "openvino", "fp32", 2).streams == 2  # the default on 2 threads
     with pytest.raises(EdgesegError, match="--streams"):
         open_session(bundle, "openvino", "fp32", 2, streams=-1)
 

@@ -72,9 +72,17 @@ class Session(Protocol):
         ...
 
     def run_many(
-        self, images: Iterable[np.ndarray], presence: np.ndarray | None = None
+        self,
+        images: Iterable[np.ndarray],
+        presence: np.ndarray | None = None,
+        copy: bool = True,
     ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-        """Run patches in order (a backend may keep several in flight); yields as ``run``."""
+        """Run patches in order (a backend may keep several in flight); yields as ``run``.
+
+        ``copy=False`` lets a backend hand out its own output buffers: each result is then
+        valid only until the next one is requested (enough for a consumer that adds it up
+        at once, and it saves a fresh copy of every patch's logits).
+        """
         ...
 
 

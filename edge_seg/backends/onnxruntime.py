@@ -60,8 +60,12 @@ class OnnxRuntimeSession:
         return outputs[0][0], presence_logits
 
     def run_many(
-        self, images: Iterable[np.ndarray], presence: np.ndarray | None = None
+        self,
+        images: Iterable[np.ndarray],
+        presence: np.ndarray | None = None,
+        copy: bool = True,
     ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-        """Run patches one after the other (the session's threads share each one)."""
+        """Run patches one after the other (the session's threads share each one); every
+        result is a new array, whatever ``copy`` says."""
         for image in images:
             yield self.run(image, presence)

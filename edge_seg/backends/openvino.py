@@ -96,22 +96,28 @@ class OpenVinoSession:
         return self._outputs(self.request)
 
     def run_many(
-        self, images: Iterable[np.ndarray], presence: np.ndarray | None = None
+        self,
+        images: Iterable[np.ndarray],
+        presence: np.ndarray | None = None,
+        copy: bool = True,
     ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         """Run patches in order with up to ``streams`` of them in flight; yields as ``run``.
 
-        Each result is a copy, so it stays valid while its request runs the next patch.
+        With ``copy`` each result is a copy, so it stays valid while its request runs the next
+        patch. Without, the logits are a view of the request's output: the request that
+        produced a result is the next one to be given a patch, which happens when the next
+        result is asked for.
         """
         # Requests are used in turn, so the oldest one in flight is always the next to reuse.
         busy: deque = deque()
         for i, image in enumerate(images):
             if len(busy) == len(self.requests):
-                yield self._collect(busy.popleft())
+                yield self._collect(busy.popleft(), copy)
             request = self.requests[i % len(self.requests)]
             request.start_async(self._feed(image, presence))
             busy.append(request)
         while busy:
-            yield self._collect(busy.popleft())
+            yield self._collect(busy.popleft(), copy)
 
     def _feed(self, image: np.ndarray, presence: np.ndarray | None) -> dict[str, np.ndarray]:
         feed = {self.names["image"]: image}
@@ -121,13 +127,13 @@ class OpenVinoSession:
             feed[self.names["presence"]] = presence
         return feed
 
-    def _collect(self, request) -> tuple[np.ndarray, np.ndarray | None]:
+    def _collect(self, request, copy: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         request.wait()
-        return self._outputs(request)
+        return self._outputs(request, copy)
 
-    def _outputs(self, request) -> tuple[np.ndarray, np.ndarray | None]:
+    def _outputs(self, request, copy: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         tensor = request.get_tensor(self.compiled.output(self.names["logits"]))
-        logits = np.array(tensor.data[0], copy=True)
+        logits = np.array(tensor.data[0], copy=True) if copy else tensor.data[0]
         presence_logits = None
         if self.has_presence_output:
             out = request.get_tensor(self.compiled.output(self.names["presence_logits"]))
