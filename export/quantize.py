@@ -47,17 +47,36 @@ ONNXRUNTIME = "onnxruntime"
 BACKENDS = (OPENVINO, ONNXRUNTIME)
 #: ``keep_fp`` value asking for NNCF's accuracy-aware quantisation instead of a fixed scope.
 ACCURACY_AWARE = -1
-#: Mixed-precision fallbacks tried in turn: the first and last n convolutions in float. At n = 3
-#: a 5-stage nnU-Net keeps its full-resolution stages (and the next encoder convolution) in
-#: float, the layers nearest the raw intensities and the logits.
-MIXED_LEVELS = (1, 2, 3)
+#: A mixed-precision level: n keeps the first and last n convolutions in float; (a, b) the
+#: first a and the last b.
+FloatEnds = int | tuple[int, int]
+
+#: Mixed-precision fallbacks tried in turn, cheapest first: the first and last convolution in
+#: float; then also the last full-resolution decoder convolution (the first one of the network
+#: reads one channel and costs little, the last ones read every channel at full resolution);
+#: then the first and last 2 and 3. At 3 a 5-stage nnU-Net keeps its full-resolution stages
+#: (and the next encoder convolution) in float, the layers nearest the raw intensities and the
+#: logits.
+MIXED_LEVELS: tuple[FloatEnds, ...] = (1, (1, 2), 2, 3)
 
 
-def mixed_suffix(keep_fp: int) -> str:
-    """File/variant suffix of a mixed-precision level: ``_mixed``, ``_mixed2``, ..."""
-    if keep_fp <= 0:
+def float_ends(keep_fp: FloatEnds) -> tuple[int, int]:
+    """``(first, last)`` counts of convolutions kept in float for a mixed-precision level."""
+    if isinstance(keep_fp, tuple):
+        first, last = (int(n) for n in keep_fp)
+        return first, last
+    return int(keep_fp), int(keep_fp)
+
+
+def mixed_suffix(keep_fp: FloatEnds) -> str:
+    """File/variant suffix of a mixed-precision level: ``_mixed``, ``_mixed2``, ...,
+    ``_mixed1_2`` for the first 1 and the last 2."""
+    first, last = float_ends(keep_fp)
+    if first <= 0 and last <= 0:
         return ""
-    return "_mixed" if keep_fp == 1 else f"_mixed{keep_fp}"
+    if first != last:
+        return f"_mixed{first}_{last}"
+    return "_mixed" if first == 1 else f"_mixed{first}"
 
 
 def _feeds(samples: Sequence[Sequence[np.ndarray]], names: Sequence[str]) -> list[dict[str, Any]]:
@@ -218,23 +237,25 @@ def norm_node_names(onnx_path: str | Path) -> list[str]:
     return _onnx_node_names(onnx_path, NORM_TYPES_ONNX)
 
 
-def sensitive_layers(names: Sequence[str], count: int = 1) -> list[str]:
-    """The first and last ``count`` convolutions (input intensities and output logits)."""
-    if len(names) <= 2 * count:
+def sensitive_layers(names: Sequence[str], count: FloatEnds = 1) -> list[str]:
+    """The first and last convolutions (input intensities and output logits) that a
+    mixed-precision level keeps in float (``count``: see :data:`FloatEnds`)."""
+    first, last = float_ends(count)
+    if len(names) <= first + last:
         return list(names)
-    return [*names[:count], *names[-count:]]
+    return [*names[:first], *(names[len(names) - last :] if last else [])]
 
 
 def quantize_openvino(
     onnx_path: str | Path,
     samples: Sequence[Sequence[np.ndarray]],
     xml_path: str | Path,
-    keep_fp: int = 0,
+    keep_fp: FloatEnds = 0,
 ) -> dict[str, Any]:
     """NNCF post-training INT8 of the ONNX model, saved as OpenVINO IR (``.xml`` + ``.bin``).
 
-    ``keep_fp`` > 0 leaves that many convolutions at each end of the network in floating point
-    (NNCF ignored scope). Returns a description of what was done.
+    ``keep_fp`` leaves convolutions at the ends of the network in floating point (NNCF ignored
+    scope; see :data:`FloatEnds`). Returns a description of what was done.
     """
     import logging
 
@@ -245,7 +266,7 @@ def quantize_openvino(
     nncf.set_log_level(logging.WARNING)
     names = onnx_input_names(onnx_path)
     model = ov.convert_model(str(onnx_path))
-    ignored = sensitive_layers(_ov_conv_names(model), keep_fp) if keep_fp else []
+    ignored = sensitive_layers(_ov_conv_names(model), keep_fp) if mixed_suffix(keep_fp) else []
     dense = _openvino_dense_names(model)
     dataset = nncf.Dataset(_feeds(samples, names))
     quantized = nncf.quantize(
@@ -481,7 +502,7 @@ def quantize_onnxruntime(
     onnx_path: str | Path,
     samples: Sequence[Sequence[np.ndarray]],
     out_path: str | Path,
-    keep_fp: int = 0,
+    keep_fp: FloatEnds = 0,
 ) -> dict[str, Any]:
     """ONNX Runtime static INT8 in QDQ format (per-channel int8 weights, uint8 activations)."""
     import onnxruntime
@@ -514,7 +535,9 @@ def quantize_onnxruntime(
             source = prepared
         except Exception:  # pre-processing is an optimisation; the raw graph quantises too
             source = Path(onnx_path)
-        excluded = sensitive_layers(conv_node_names(source), keep_fp) if keep_fp else []
+        excluded = (
+            sensitive_layers(conv_node_names(source), keep_fp) if mixed_suffix(keep_fp) else []
+        )
         dense = dense_node_names(source)
         norms = norm_node_names(source)
         # Every calibration patch is a window of the bundle's patch size: one shape for all.
@@ -561,12 +584,13 @@ def quantize_variant(
     onnx_path: str | Path,
     samples: Sequence[Sequence[np.ndarray]],
     out_dir: str | Path,
-    keep_fp: int = 0,
+    keep_fp: FloatEnds = 0,
 ) -> tuple[str, dict[str, Any]]:
     """Quantise for ``backend`` into ``out_dir``; return (file name, description).
 
-    ``keep_fp``: 0 plain INT8; n > 0 keeps the first and last n convolutions in floating point;
-    :data:`ACCURACY_AWARE` (OpenVINO only) lets NNCF choose the layers to keep.
+    ``keep_fp``: 0 plain INT8; n > 0 keeps the first and last n convolutions in floating point,
+    ``(a, b)`` the first a and the last b (:data:`FloatEnds`); :data:`ACCURACY_AWARE` (OpenVINO
+    only) lets NNCF choose the layers to keep.
     """
     suffix = mixed_suffix(keep_fp)
     out_dir = Path(out_dir)

@@ -3,9 +3,10 @@
 Steps: split the images into calibration and held-out sets; cut calibration patches (real,
 preprocessed); quantise for each backend; predict the held-out images with fp32 and with the
 INT8 candidate through the runtime; keep a variant only if its label agreement meets the bar,
-and when it does not, try the mixed-precision fallbacks - the first/last 1, 2, then 3
-convolutions in floating point, then (OpenVINO) NNCF's accuracy-aware quantisation, which
-reverts the layers that cost agreement - and report every attempt. Work happens in a hidden
+and when it does not, try the mixed-precision fallbacks - the first/last convolution in floating
+point, then also the last full-resolution decoder convolution, then the first/last 2 and 3 -,
+then (OpenVINO) NNCF's accuracy-aware quantisation, which reverts the layers that cost
+agreement - and report every attempt. Work happens in a hidden
 temporary folder inside the bundle; validated files are renamed into place and
 ``edgeseg.json`` is rewritten last, atomically, so an interrupted run leaves the bundle as it
 was.

@@ -557,3 +557,25 @@ def test_predict_path_does_not_import_scipy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_nonzero_bbox_equals_brute_force() -> None:
+    from edge_seg.preprocess import nonzero_bbox
+
+    rng = np.random.default_rng(8)
+    for trial in range(30):
+        image = np.zeros((9, 10, 11), np.int16)
+        lo = rng.integers(0, 3, 3) * (trial % 3 != 0)  # a third touch every face
+        hi = np.array(image.shape) - rng.integers(0, 3, 3) * (trial % 3 != 0)
+        block = image[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+        block[...] = rng.integers(-3, 3, block.shape) * (rng.random(block.shape) < 0.3)
+        other = np.zeros_like(image)
+        other[0, 0, 0] = trial % 2  # a second channel may widen the box to the corner
+        for channels in ([image], [image, other]):
+            nonzero = np.any([c != 0 for c in channels], axis=0)
+            want = []
+            for axis in range(3):
+                hits = np.flatnonzero(nonzero.any(axis=tuple(a for a in range(3) if a != axis)))
+                full = (0, image.shape[axis])
+                want.append((int(hits[0]), int(hits[-1]) + 1) if hits.size else full)
+            assert nonzero_bbox(channels) == tuple(want)

@@ -114,9 +114,12 @@ def test_variant_below_the_bar_is_not_shipped(exported, tmp_path, capsys) -> Non
     mixed = variants["int8_openvino_mixed"]
     assert len(mixed["quantization"]["fp_layers"]) == 2
     assert mixed["quantization"]["fp_normalisation"] == ["MVN"]
-    if "int8_openvino_mixed2" in variants:
-        kept = variants["int8_openvino_mixed2"]["quantization"]["fp_layers"]
-        assert len(kept) == 4 and set(mixed["quantization"]["fp_layers"]) < set(kept)
+    previous = set(mixed["quantization"]["fp_layers"])
+    for name, count in (("int8_openvino_mixed1_2", 3), ("int8_openvino_mixed2", 4)):
+        if name in variants:
+            kept = set(variants[name]["quantization"]["fp_layers"])
+            assert len(kept) == count and previous < kept
+            previous = kept
     passed = [report for report in variants.values() if report["passed"]]
     assert len(passed) <= 1  # attempts stop at the first variant that meets the bar
     if passed:
@@ -124,8 +127,8 @@ def test_variant_below_the_bar_is_not_shipped(exported, tmp_path, capsys) -> Non
         assert bundle.files["int8_openvino"] == passed[0]["file"]
     else:
         assert set(variants) == {"int8_openvino", "int8_openvino_mixed",
-                                 "int8_openvino_mixed2", "int8_openvino_mixed3",
-                                 "int8_openvino_accuracy_aware"}
+                                 "int8_openvino_mixed1_2", "int8_openvino_mixed2",
+                                 "int8_openvino_mixed3", "int8_openvino_accuracy_aware"}
         assert bundle.validated_precisions == ["fp32"]
         assert "int8_openvino" not in bundle.files
 
@@ -411,3 +414,18 @@ def test_chunked_calibration_ranges_cover_every_chunk(tmp_path, monkeypatch) -> 
     # uint8 over the symmetric percentile range [-t, t]: scale = 2 t / 255, t near the outlier.
     assert 2 * np.abs(samples[-1][0]).max() / 255 * 0.8 < whole
     assert chunked == pytest.approx(whole, rel=0.05)
+
+
+def test_mixed_levels_name_and_pick_the_end_convolutions() -> None:
+    from export.quantize import MIXED_LEVELS, mixed_suffix, sensitive_layers
+
+    convs = [f"conv{i}" for i in range(8)]
+    assert sensitive_layers(convs, 1) == ["conv0", "conv7"]
+    assert sensitive_layers(convs, (1, 2)) == ["conv0", "conv6", "conv7"]
+    assert sensitive_layers(convs, (0, 2)) == ["conv6", "conv7"]
+    assert sensitive_layers(convs, (2, 0)) == ["conv0", "conv1"]
+    assert sensitive_layers(convs[:3], 2) == convs[:3]
+    assert [mixed_suffix(level) for level in MIXED_LEVELS] == [
+        "_mixed", "_mixed1_2", "_mixed2", "_mixed3"
+    ]
+    assert mixed_suffix(0) == ""
