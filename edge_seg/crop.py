@@ -127,8 +127,11 @@ def coarse_foreground(
     """Run the network once over (about) non-overlapping patches and map what it calls organ.
 
     No Gaussian averaging: a voxel is organ where any tile covering it says so.
-    ``keep_tiles`` keeps the tiles' logits (up to :data:`TILE_CACHE_BYTES`) for the main pass;
-    ``run_patches`` must then hand out results that stay valid (copies, not engine buffers).
+    ``keep_tiles`` keeps a copy of the logits of each tile that found some organ (up to
+    :data:`TILE_CACHE_BYTES`) for the main pass. A tile that found none rarely lies inside the
+    organ box, and if it does the main pass simply runs it again; skipping it spares a copy of
+    every class's logits (44 MB for the reference model) per tile of chest or legs. Each result
+    of ``run_patches`` is read before the next is asked for, so it may be an engine buffer.
     """
     patch = tuple(int(p) for p in patch_size)
     pads = padding_for(image.shape[1:], patch)
@@ -147,10 +150,11 @@ def coarse_foreground(
     for region, logits in zip(regions, run_patches(tiles), strict=True):
         # argmax != background, without the argmax: some organ beats background
         # strictly (argmax breaks ties towards class 0). Ten times cheaper per tile.
-        found[region] |= logits[1:].max(axis=0) > logits[0]
+        organ = logits[1:].max(axis=0) > logits[0]
+        found[region] |= organ
         at = tuple(r.start for r in region)
-        if keep_tiles and kept_bytes + logits.nbytes <= TILE_CACHE_BYTES:
-            tiles_kept[at] = logits
+        if keep_tiles and kept_bytes + logits.nbytes <= TILE_CACHE_BYTES and organ.any():
+            tiles_kept[at] = np.array(logits, copy=True)
             kept_bytes += logits.nbytes
     inner = tuple(slice(lo, lo + n) for (lo, _), n in zip(pads, image.shape[1:], strict=True))
     return FirstPass(found[inner], starts, tiles_kept)

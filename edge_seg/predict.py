@@ -161,18 +161,14 @@ class Predictor:
         return prior
 
     def _runner(
-        self,
-        prior: np.ndarray | None,
-        seen: dict[str, float],
-        clock: list[float],
-        keeps_results: bool = False,
+        self, prior: np.ndarray | None, seen: dict[str, float], clock: list[float]
     ) -> PatchStream:
         """A patch stream through the session; ``clock[0]`` adds up the time spent waiting
-        for the network, and ``seen`` keeps each organ's highest presence logit. Unless the
-        consumer ``keeps_results``, each result is valid only until it asks for the next."""
+        for the network, and ``seen`` keeps each organ's highest presence logit. Each result
+        is valid until the next one is asked for (the first pass copies what it keeps)."""
 
         def run_patches(tiles: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-            results = self.session.run_many(tiles, prior, copy=keeps_results)
+            results = self.session.run_many(tiles, prior, copy=False)
             while True:
                 start = time.perf_counter()
                 try:
@@ -234,7 +230,7 @@ class Predictor:
             first = coarse_foreground(
                 image,
                 bundle.patch_size,
-                self._runner(prior, coarse_seen, clock, keeps_results=reuse),
+                self._runner(prior, coarse_seen, clock),
                 options.step,
                 keep_tiles=reuse,
             )

@@ -170,6 +170,30 @@ def test_coarse_foreground_is_argmax_not_background_including_ties() -> None:
     assert first.tiles == {}  # kept only when asked for
 
 
+def test_coarse_foreground_keeps_copies_of_the_tiles_that_found_an_organ() -> None:
+    """Results may be one reused engine buffer; kept tiles must not change with it, and a
+    tile where nothing beat background is not kept (the main pass would run it again)."""
+    image = np.zeros((1, 32, 16, 16), np.float32)
+    buffer = np.zeros((3, 8, 16, 16), np.float32)  # one buffer, overwritten for every tile
+    organ_at = {8, 24}  # z starts of the tiles that see an organ
+
+    def run_patches(tiles):
+        for tile_index, _ in enumerate(tiles):
+            buffer[...] = 0.0
+            buffer[0] = 1.0  # background wins ...
+            if tile_index * 8 in organ_at:
+                buffer[2, 4] = 2.0  # ... except on one slice of an organ
+            buffer[1] = -1.0 - tile_index  # a mark that tells the tiles apart, never an organ
+            yield buffer
+
+    first = coarse_foreground(image, (8, 16, 16), run_patches, step=1.0, keep_tiles=True)
+    assert sorted(at[0] for at in first.tiles) == sorted(organ_at)
+    for (zs, _, _), logits in first.tiles.items():
+        assert logits is not buffer
+        assert np.all(logits[1] == -1.0 - zs // 8) and logits[2, 4].max() == 2.0
+    assert first.found.sum() == 2 * 16 * 16
+
+
 @pytest.mark.parametrize("step", [0.25, 0.33, 0.5, 0.7])
 @pytest.mark.parametrize("size", [16, 23, 24, 30, 47, 64, 100, 137])
 def test_first_pass_tiles_cover_the_image_and_belong_to_the_full_grid(
