@@ -183,31 +183,47 @@ def cubic_matrix(n_in: int, n_out: int) -> np.ndarray:
     return matrix
 
 
-def _matrix_along(
-    data: np.ndarray, axis: int, matrix: np.ndarray, pool: ThreadPoolExecutor | None
+def _resize_in_chunks(
+    data: np.ndarray,
+    axis: int,
+    n_out: int,
+    resize: Callable[[np.ndarray], np.ndarray],
+    pool: ThreadPoolExecutor | None,
 ) -> np.ndarray:
-    n_out, n_in = matrix.shape
+    """``resize`` (one piece along ``axis`` to ``n_out``) over pieces of the other axes, into
+    one float32 array; the pieces run on ``pool`` where given (the resizing below is NumPy,
+    BLAS and SciPy work that releases the GIL, so threads scale)."""
     out_shape = list(data.shape)
     out_shape[axis] = n_out
     out = np.empty(out_shape, dtype=np.float32)
 
     def work(chunk: tuple[int, slice]) -> None:
         other, sl = chunk
-        piece = np.asarray(data[_index(other, sl, data.ndim)], dtype=np.float32)
-        if axis == data.ndim - 1:
-            res = (piece.reshape(-1, n_in) @ matrix.T).reshape(*piece.shape[:-1], n_out)
-        else:
-            # (..., n_in, rest) -> (..., n_out, rest): a batched product over leading axes.
-            lead = int(np.prod(piece.shape[:axis]))
-            rest = int(np.prod(piece.shape[axis + 1 :]))
-            res = np.matmul(matrix, piece.reshape(lead, n_in, rest))
-            res = res.reshape(*piece.shape[:axis], n_out, *piece.shape[axis + 1 :])
-        out[_index(other, sl, data.ndim)] = res
+        region = _index(other, sl, data.ndim)
+        out[region] = resize(data[region])
 
     chunks = _chunks(data.shape, axis)
     for _ in pool.map(work, chunks) if pool else map(work, chunks):
         pass
     return out
+
+
+def _matrix_along(
+    data: np.ndarray, axis: int, matrix: np.ndarray, pool: ThreadPoolExecutor | None
+) -> np.ndarray:
+    n_out, n_in = matrix.shape
+
+    def resize(piece: np.ndarray) -> np.ndarray:
+        piece = np.asarray(piece, dtype=np.float32)
+        if axis == piece.ndim - 1:
+            return (piece.reshape(-1, n_in) @ matrix.T).reshape(*piece.shape[:-1], n_out)
+        # (..., n_in, rest) -> (..., n_out, rest): a batched product over leading axes.
+        lead = int(np.prod(piece.shape[:axis]))
+        rest = int(np.prod(piece.shape[axis + 1 :]))
+        res = np.matmul(matrix, piece.reshape(lead, n_in, rest))
+        return res.reshape(*piece.shape[:axis], n_out, *piece.shape[axis + 1 :])
+
+    return _resize_in_chunks(data, axis, n_out, resize, pool)
 
 
 def _spline_along(
@@ -222,16 +238,11 @@ def _spline_along(
     floor = np.floor(c)
     weights = _cubic_weights(c - floor).astype(np.float32)
     start = floor.astype(np.intp) - 1
-    out_shape = list(data.shape)
-    out_shape[axis] = n_out
-    out = np.empty(out_shape, dtype=np.float32)
     bshape = [1] * data.ndim
     bshape[axis] = n_out
     pad = [(_SPLINE_PAD, _SPLINE_PAD) if a == axis else (0, 0) for a in range(data.ndim)]
 
-    def work(chunk: tuple[int, slice]) -> None:
-        other, sl = chunk
-        piece = data[_index(other, sl, data.ndim)]
+    def resize(piece: np.ndarray) -> np.ndarray:
         coef = ndimage.spline_filter1d(
             np.pad(piece, pad, mode="edge"), 3, axis=axis, output=np.float32, mode="nearest"
         )
@@ -239,13 +250,9 @@ def _spline_along(
         acc *= weights[0].reshape(bshape)
         for k in range(1, 4):
             acc += np.take(coef, start + k, axis=axis) * weights[k].reshape(bshape)
-        out[_index(other, sl, data.ndim)] = acc
+        return acc
 
-    chunks = _chunks(data.shape, axis)
-    # SciPy's spline filter and NumPy's gathers release the GIL: threads scale.
-    for _ in pool.map(work, chunks) if pool else map(work, chunks):
-        pass
-    return out
+    return _resize_in_chunks(data, axis, n_out, resize, pool)
 
 
 def _one_blas_thread() -> AbstractContextManager:
