@@ -192,8 +192,7 @@ class _GzipReader:
         self._zlib = isal_zlib
         self._file = open(path, "rb")  # noqa: SIM115 - closed in close()
         self._inflater = isal_zlib.decompressobj(wbits=31)
-        self._fed = False
-        self._pending = b""
+        self._pending = b""  # inflated bytes not handed out yet
 
     def close(self) -> None:
         self._file.close()
@@ -204,7 +203,7 @@ class _GzipReader:
         while True:
             data = self._file.read(_INFLATE_CHUNK)
             if not data:
-                if self._fed and not self._inflater.eof:
+                if not self._inflater.eof:
                     raise EOFError("compressed stream cut short")
                 return b""
             pieces = []
@@ -213,38 +212,33 @@ class _GzipReader:
                     if not data.strip(b"\0"):
                         break  # zero padding after the last member
                     self._inflater = self._zlib.decompressobj(wbits=31)
-                    self._fed = False
                 pieces.append(self._inflater.decompress(data))
-                self._fed = True
                 data = self._inflater.unused_data if self._inflater.eof else b""
             piece = b"".join(pieces)
             if piece:
                 return piece
 
-    def read(self, size: int) -> bytes:
-        """Exactly ``size`` bytes unless the data ends first."""
-        buffer = bytearray(self._pending)
-        while len(buffer) < size:
-            piece = self._next_piece()
-            if not piece:
-                break
-            buffer += piece
-        self._pending = bytes(buffer[size:])
-        return bytes(buffer[:size])
-
     def readinto(self, target: memoryview) -> int:
-        """Fill ``target`` (bytes); returns how many bytes it got."""
-        filled = min(len(self._pending), len(target))
-        target[:filled] = self._pending[:filled]
-        self._pending = self._pending[filled:]
-        while filled < len(target):
-            piece = self._next_piece()
-            if not piece:
-                break
+        """Fill ``target`` (bytes); returns how many bytes it got. What a piece holds beyond
+        ``target`` is kept for the next read."""
+        piece = self._pending
+        filled = 0
+        while True:
             n = min(len(piece), len(target) - filled)
             target[filled : filled + n] = piece[:n]
             filled += n
-        return filled
+            if filled == len(target):
+                self._pending = piece[n:]
+                return filled
+            piece = self._next_piece()
+            if not piece:
+                self._pending = b""
+                return filled
+
+    def read(self, size: int) -> bytes:
+        """Exactly ``size`` bytes unless the data ends first."""
+        buffer = bytearray(size)
+        return bytes(buffer[: self.readinto(memoryview(buffer))])
 
 
 def read_nifti_gz_voxels(path: Path, reader: sitk.ImageFileReader) -> np.ndarray | None:
