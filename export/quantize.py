@@ -63,8 +63,7 @@ MIXED_LEVELS: tuple[FloatEnds, ...] = (1, (1, 2), 2, 3)
 def float_ends(keep_fp: FloatEnds) -> tuple[int, int]:
     """``(first, last)`` counts of convolutions kept in float for a mixed-precision level."""
     if isinstance(keep_fp, tuple):
-        first, last = (int(n) for n in keep_fp)
-        return first, last
+        return int(keep_fp[0]), int(keep_fp[1])
     return int(keep_fp), int(keep_fp)
 
 
@@ -241,6 +240,8 @@ def sensitive_layers(names: Sequence[str], count: FloatEnds = 1) -> list[str]:
     """The first and last convolutions (input intensities and output logits) that a
     mixed-precision level keeps in float (``count``: see :data:`FloatEnds`)."""
     first, last = float_ends(count)
+    if first <= 0 and last <= 0:
+        return []  # plain INT8
     if len(names) <= first + last:
         return list(names)
     return [*names[:first], *(names[len(names) - last :] if last else [])]
@@ -266,7 +267,7 @@ def quantize_openvino(
     nncf.set_log_level(logging.WARNING)
     names = onnx_input_names(onnx_path)
     model = ov.convert_model(str(onnx_path))
-    ignored = sensitive_layers(_ov_conv_names(model), keep_fp) if mixed_suffix(keep_fp) else []
+    ignored = sensitive_layers(_ov_conv_names(model), keep_fp)
     dense = _openvino_dense_names(model)
     dataset = nncf.Dataset(_feeds(samples, names))
     quantized = nncf.quantize(
@@ -535,9 +536,7 @@ def quantize_onnxruntime(
             source = prepared
         except Exception:  # pre-processing is an optimisation; the raw graph quantises too
             source = Path(onnx_path)
-        excluded = (
-            sensitive_layers(conv_node_names(source), keep_fp) if mixed_suffix(keep_fp) else []
-        )
+        excluded = sensitive_layers(conv_node_names(source), keep_fp)
         dense = dense_node_names(source)
         norms = norm_node_names(source)
         # Every calibration patch is a window of the bundle's patch size: one shape for all.

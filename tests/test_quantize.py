@@ -425,6 +425,7 @@ def test_mixed_levels_name_and_pick_the_end_convolutions() -> None:
     assert sensitive_layers(convs, (0, 2)) == ["conv6", "conv7"]
     assert sensitive_layers(convs, (2, 0)) == ["conv0", "conv1"]
     assert sensitive_layers(convs[:3], 2) == convs[:3]
+    assert sensitive_layers(convs, 0) == []  # plain INT8
     assert [mixed_suffix(level) for level in MIXED_LEVELS] == [
         "_mixed", "_mixed1_2", "_mixed2", "_mixed3"
     ]
