@@ -53,6 +53,64 @@ def test_write_label_map_copies_geometry_exactly(tmp_path: Path) -> None:
     assert [p.name for p in out.parent.iterdir()] == ["seg.nii.gz"]  # no temporary left
 
 
+@pytest.mark.parametrize("endianness", ["<", ">"])
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_label_map_keeps_the_scans_nifti_geometry_fields(
+    tmp_path: Path, endianness: str, suffix: str
+) -> None:
+    import nibabel as nib
+
+    # An oblique scan whose sform (code 2, aligned) and qform (code 1) differ, as scanners
+    # write them: every reader must place the labels as it places the scan, whichever it uses.
+    angle = np.deg2rad(12.0)
+    affine = np.array(
+        [
+            [0.8 * np.cos(angle), -0.7 * np.sin(angle), 0.0, 4.0],
+            [0.8 * np.sin(angle), 0.7 * np.cos(angle), 0.0, -3.0],
+            [0.0, 0.0, 2.5, 12.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ]
+    )
+    image = nib.Nifti1Image(
+        np.zeros((6, 5, 4), np.int16), affine, header=nib.Nifti1Header(endianness=endianness)
+    )
+    image.set_qform(affine, code=1)
+    shifted = affine.copy()
+    shifted[:3, 3] += 0.5
+    image.set_sform(shifted, code=2)
+    source = tmp_path / "scan.nii.gz"
+    image.to_filename(source)
+    scan = read_volume(source)
+    assert scan.nifti_header is not None  # read by the fast path, header kept
+    labels = np.zeros(scan.shape, np.uint8)
+    labels[1:3, 1:4, 2:5] = 13
+    out = write_label_map(labels, scan, tmp_path / f"seg{suffix}")
+
+    written, original = nib.load(out), nib.load(source)
+    assert written.header.get_data_dtype() == np.uint8
+    np.testing.assert_array_equal(written.get_qform(), original.get_qform())
+    np.testing.assert_array_equal(written.get_sform(), original.get_sform())
+    assert int(written.header["qform_code"]) == 1 and int(written.header["sform_code"]) == 2
+    np.testing.assert_array_equal(np.asarray(written.dataobj), labels.transpose(2, 1, 0))
+    itk_written, itk_scan = sitk.ReadImage(str(out)), sitk.ReadImage(str(source))
+    assert itk_written.GetPixelID() == sitk.sitkUInt8
+    assert itk_written.GetOrigin() == itk_scan.GetOrigin()
+    assert itk_written.GetDirection() == itk_scan.GetDirection()
+    assert itk_written.GetSpacing() == itk_scan.GetSpacing()
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(itk_written), labels)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["scan.nii.gz", out.name])
+
+
+def test_label_map_of_a_nifti_scan_in_another_format_goes_through_itk(tmp_path: Path) -> None:
+    scan = read_volume(_write(tmp_path / "scan.nii.gz", np.zeros((4, 5, 6), np.int16)))
+    labels = np.zeros((4, 5, 6), np.uint8)
+    labels[2, 3, 4] = 5
+    out = write_label_map(labels, scan, tmp_path / "seg.mha")
+    written = sitk.ReadImage(str(out))
+    assert written.GetDirection() == pytest.approx(DIRECTION)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(written), labels)
+
+
 def test_write_label_map_refuses_folder_shape_mismatch_and_bad_values(tmp_path: Path) -> None:
     scan = Volume(np.zeros((3, 4, 5), np.int16), (1.0, 1.0, 1.0))
     with pytest.raises(EdgesegError, match="is a folder"):
