@@ -219,9 +219,16 @@ def test_organ_volumes_count_every_slab_and_ignore_unknown_labels() -> None:
     labels[0, :10, :10] = 1
     labels[2, :20, :5] = 1
     labels[1, 100:110, :] = 7  # a label the table does not list
+    labels[1, 2047, 2047] = 7  # stretches the labelled box over the whole planes
     volumes = organ_volumes_ml(labels, (2.0, 0.5, 0.5), {"liver": 1, "spleen": 3})
     voxel_ml = 2.0 * 0.5 * 0.5 / 1000
     assert volumes == pytest.approx({"liver": 200 * voxel_ml, "spleen": 0.0})
+    # Counting only in the labelled box changes nothing; an empty map has no volume.
+    inner = np.zeros((9, 64, 64), dtype=np.uint8)
+    inner[3:5, 10:20, 30:33] = 3
+    assert organ_volumes_ml(inner, (1.0, 1.0, 1.0), {"spleen": 3}) == {"spleen": 0.06}
+    empty = organ_volumes_ml(np.zeros((4, 4, 4), np.uint8), (1.0, 1.0, 1.0), {"liver": 1})
+    assert empty == {"liver": 0.0}
 
 
 @pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
