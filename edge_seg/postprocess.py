@@ -42,12 +42,15 @@ def keep_largest_component(
     # One labelling of all organs costs less than finding each organ's box (cc3d.statistics)
     # and labelling organ by organ: 0.15 s against 0.4 s for the box of a 512x512x300 CT.
     components, n = cc3d.connected_components(region, connectivity=connectivity, return_N=True)
-    flat = components.reshape(-1)
-    sizes = np.bincount(flat, minlength=n + 1)
-    # Every voxel of a component has the component's label, so scattering the labels by
-    # component id records each component's label.
-    label_of = np.zeros(n + 1, dtype=np.int64)
-    label_of[flat] = region.reshape(-1)
+    sizes = np.zeros(n + 1, dtype=np.int64)
+    label_of = np.zeros(n + 1, dtype=np.uint8)
+    slabs = _slabs(region.shape)
+    for rows in slabs:
+        ids = components[rows].reshape(-1)
+        sizes += np.bincount(ids, minlength=n + 1)
+        # Every voxel of a component has the component's label, so scattering the labels
+        # by component id records each component's label.
+        label_of[ids] = region[rows].reshape(-1)
     order = np.lexsort((-sizes[1:], label_of[1:])) + 1  # by label, biggest first
     ordered = label_of[order]
     biggest = np.r_[True, ordered[1:] != ordered[:-1]]
@@ -55,8 +58,20 @@ def keep_largest_component(
     remove = np.zeros(n + 1, dtype=bool)
     remove[order] = cleaned & ~biggest
     if remove.any():
-        np.copyto(region, 0, where=remove[components])
+        for rows in slabs:
+            np.copyto(region[rows], 0, where=remove[components[rows]])
     return labels
+
+
+def _slabs(shape: tuple[int, ...], voxels: int = 1 << 20) -> list[slice]:
+    """Runs of whole z-slices of about ``voxels`` voxels each.
+
+    Indexing and bincount turn their index arrays into int64, 8 bytes per voxel: slab by
+    slab that is a few MB used again and again instead of fresh memory for a whole CT, whose
+    page faults cost more than the counting itself.
+    """
+    rows = max(1, voxels // max(1, int(np.prod(shape[1:]))))
+    return [slice(start, start + rows) for start in range(0, shape[0], rows)]
 
 
 def _foreground_box(labels: np.ndarray) -> tuple[slice, ...] | None:
@@ -80,11 +95,9 @@ def organ_volumes_ml(
         return {name: 0.0 for name, value in organs.items() if value > 0}
     # Organs fill a tenth of a CT: counting in their box alone is 7x faster (50 ms).
     labels = labels[box]
-    # bincount casts its input to int64: slab by slab that is a few MB at a time instead of
-    # 8 bytes per voxel of a whole CT at once (4x faster on a 512x512x300 map). Labels above
-    # the table's are no organ and are dropped per slab, so no pass is needed to find the max.
-    rows = max(1, (1 << 22) // max(1, int(np.prod(labels.shape[1:]))))
-    for start in range(0, labels.shape[0], rows):
-        counts += np.bincount(labels[start : start + rows].ravel(), minlength=top)[:top]
+    # Labels above the table's are no organ and are dropped slab by slab, so no pass is
+    # needed to find the largest label.
+    for rows in _slabs(labels.shape, 1 << 22):
+        counts += np.bincount(labels[rows].ravel(), minlength=top)[:top]
     voxel_ml = float(np.prod(spacing_mm)) / 1000.0
     return {name: float(counts[value]) * voxel_ml for name, value in organs.items() if value > 0}

@@ -311,15 +311,21 @@ def test_keep_largest_component_removes_islands_only() -> None:
     assert (kept == 1).sum() == 64 and (kept == 2).sum() == 12
 
 
-def test_keep_largest_component_matches_organ_by_organ() -> None:
-    # Stray islands all over, of every label, some touching an organ of another label.
+@pytest.mark.parametrize("scale", [1, 6])
+def test_keep_largest_component_matches_organ_by_organ(scale: int) -> None:
+    # Stray islands all over, of every label, some touching an organ of another label. At
+    # scale 6 (1.9M voxels) the labelled box is counted in two slabs that organs straddle.
     rng = np.random.default_rng(3)
-    labels = np.zeros((20, 30, 30), np.uint8)
-    labels[2:9, 3:12, 3:12] = 1
-    labels[10:18, 15:25, 4:10] = 2
-    labels[4:15, 18:28, 16:27] = 3
-    spots = rng.integers(0, labels.size, 300)
-    labels.ravel()[spots] = rng.integers(1, 4, 300)
+    labels = np.zeros((20 * scale, 30 * scale, 30 * scale), np.uint8)
+    for value, box in (
+        (1, (2, 9, 3, 12, 3, 12)),
+        (2, (10, 18, 15, 25, 4, 10)),
+        (3, (4, 15, 18, 28, 16, 27)),
+    ):
+        z0, z1, y0, y1, x0, x1 = (scale * b for b in box)
+        labels[z0:z1, y0:y1, x0:x1] = value
+    spots = rng.integers(0, labels.size, 300 * scale)
+    labels.ravel()[spots] = rng.integers(1, 4, 300 * scale)
     expected = labels.copy()
     for value in (1, 2, 3):
         mask = expected == value
