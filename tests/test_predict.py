@@ -194,6 +194,20 @@ def test_coarse_foreground_keeps_copies_of_the_tiles_that_found_an_organ() -> No
     assert first.found.sum() == 2 * 16 * 16
 
 
+@pytest.mark.parametrize("shape", [(3, 8, 16, 16), (14, 8, 64, 64)])  # 24 kB and 1.8 MB
+def test_prefaulted_copy_is_an_independent_writable_copy(shape: tuple[int, ...]) -> None:
+    from edge_seg.crop import prefaulted_copy
+
+    source = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    copy = prefaulted_copy(source)
+    expected = source.copy()
+    source[...] = 0.0  # the engine reuses its buffer for the next tile
+    np.testing.assert_array_equal(copy, expected)
+    assert copy.dtype == np.float32 and copy.shape == shape and copy.flags.writeable
+    copy[0] += 1.0
+    assert np.all(source == 0.0)
+
+
 @pytest.mark.parametrize("step", [0.25, 0.33, 0.5, 0.7])
 @pytest.mark.parametrize("size", [16, 23, 24, 30, 47, 64, 100, 137])
 def test_first_pass_tiles_cover_the_image_and_belong_to_the_full_grid(
