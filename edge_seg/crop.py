@@ -20,13 +20,13 @@ comparison and loses organs in long scans. ``none`` segments everything.
 from __future__ import annotations
 
 import itertools
-import mmap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from edge_seg.errors import EdgesegError
+from edge_seg.memory import prefaulted_copy
 from edge_seg.window import PatchStream, padding_for, window_starts
 
 #: Margin added around the organs found by the first pass, in mm, on every side.
@@ -159,23 +159,6 @@ def coarse_foreground(
             kept_bytes += logits.nbytes
     inner = tuple(slice(lo, lo + n) for (lo, _), n in zip(pads, image.shape[1:], strict=True))
     return FirstPass(found[inner], starts, tiles_kept)
-
-
-def prefaulted_copy(array: np.ndarray) -> np.ndarray:
-    """A copy of ``array`` in memory that the kernel maps in one call (``MAP_POPULATE``).
-
-    A kept tile is 44 MB of fresh memory. Touching it page by page as the copy runs cost
-    60-100 ms per tile on 2-core VMs, where every page fault is a trip through the
-    hypervisor; mapped in one go it is 35 ms. Elsewhere (no ``MAP_POPULATE``) a plain copy.
-    """
-    populate = getattr(mmap, "MAP_POPULATE", None)
-    if populate is None or array.nbytes < 1 << 20:
-        return np.array(array, copy=True)
-    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate
-    buffer = mmap.mmap(-1, array.nbytes, flags=flags)
-    copy = np.frombuffer(buffer, dtype=array.dtype).reshape(array.shape)
-    copy[...] = array
-    return copy
 
 
 #: A detection cluster smaller than this share of the largest one does not shape the box.

@@ -16,6 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from edge_seg.errors import EdgesegError, NotEnoughMemoryError
+from edge_seg.memory import prefaulted_empty
 from evaluator.atomic import atomic_path
 
 #: File endings read as single-file volumes (anything else must be a DICOM series folder).
@@ -290,7 +291,7 @@ def read_nifti_gz_voxels(
         ):
             return None
         stream.read(int(offset) - 352)
-        array = np.empty(shape_xyz[::-1], dtype=np.dtype(known[0]).newbyteorder(endian))
+        array = prefaulted_empty(shape_xyz[::-1], np.dtype(known[0]).newbyteorder(endian))
         got = stream.readinto(memoryview(array.reshape(-1).view(np.uint8)))
     except (OSError, EOFError, ValueError, isal_zlib.error) as exc:
         raise EdgesegError(f"{path}: unreadable image file (corrupt gzip data: {exc})") from exc

@@ -196,7 +196,7 @@ def test_coarse_foreground_keeps_copies_of_the_tiles_that_found_an_organ() -> No
 
 @pytest.mark.parametrize("shape", [(3, 8, 16, 16), (14, 8, 64, 64)])  # 24 kB and 1.8 MB
 def test_prefaulted_copy_is_an_independent_writable_copy(shape: tuple[int, ...]) -> None:
-    from edge_seg.crop import prefaulted_copy
+    from edge_seg.memory import prefaulted_copy
 
     source = np.random.default_rng(0).normal(size=shape).astype(np.float32)
     copy = prefaulted_copy(source)
