@@ -150,19 +150,28 @@ def run_once(args: argparse.Namespace) -> None:
     os._exit(0)
 
 
-def measure(argv: list[str], runs: int) -> tuple[list[float], list[float], list[dict]]:
-    times, peaks, stages = [], [], []
+def measure_in_turn(
+    commands: list[list[str]], runs: int
+) -> list[tuple[list[float], list[float], list[dict]]]:
+    """Run every command ``runs`` times, one run of each per round.
+
+    Rounds rather than row after row: a shared VM has slow spells of a minute or more, and
+    taking the rows in turn spreads them over all rows instead of penalising whichever row
+    happened to run then. Returns (times, peak RSS, stage timings) per command.
+    """
+    results: list[tuple[list[float], list[float], list[dict]]] = [([], [], []) for _ in commands]
     for _ in range(runs):
-        result = run_monitored(pinned(argv), time_limit_s=1800)
-        if not result.ok:
-            raise SystemExit(f"{' '.join(argv)} failed: {result.stderr_tail}")
-        times.append(result.time_s)
-        peaks.append(result.peak_rss_mb)
-        try:
-            stages.append(json.loads(result.stdout_tail.strip().splitlines()[-1]))
-        except (ValueError, IndexError):
-            stages.append({})
-    return times, peaks, stages
+        for argv, (times, peaks, stages) in zip(commands, results, strict=True):
+            result = run_monitored(pinned(argv), time_limit_s=1800)
+            if not result.ok:
+                raise SystemExit(f"{' '.join(argv)} failed: {result.stderr_tail}")
+            times.append(result.time_s)
+            peaks.append(result.peak_rss_mb)
+            try:
+                stages.append(json.loads(result.stdout_tail.strip().splitlines()[-1]))
+            except (ValueError, IndexError):
+                stages.append({})
+    return results
 
 
 def main() -> None:
@@ -205,17 +214,20 @@ def main() -> None:
         "--model",
         str(args.model),
     ]
-    rows = []
     wanted = {c.strip() for c in args.configs.split(",") if c.strip()}
-
-    out = args.work / "io.nii.gz"
-    times, peaks, stages = measure([*me, "--io-only", "--output", str(out)], args.runs)
-    rows.append(("I/O floor (read + write only)", times, peaks, stages, None))
     from edge_seg.backends.base import choose_model
     from edge_seg.bundle import load_bundle
     from edge_seg.errors import EdgesegError
 
     bundle = load_bundle(args.model)
+    # (row name, command, label map it writes or None)
+    jobs: list[tuple[str, list[str], Path | None]] = [
+        (
+            "I/O floor (read + write only)",
+            [*me, "--io-only", "--output", str(args.work / "io.nii.gz")],
+            None,
+        )
+    ]
     missing = []
     for name, backend, precision, hint, streams in CONFIGS:
         if wanted and name not in wanted:
@@ -231,9 +243,7 @@ def main() -> None:
             argv += ["--hint", hint]
         if streams:
             argv += ["--streams", str(streams)]
-        times, peaks, stages = measure(argv, args.runs)
-        rows.append((name, times, peaks, stages, mean_dice(out, truth)))
-        print(f"{name}: median {statistics.median(times):.2f} s", flush=True)
+        jobs.append((name, argv, out))
     cli_out = args.work / "cli_seg.nii.gz"
     cli = [
         sys.executable,
@@ -249,10 +259,13 @@ def main() -> None:
         str(CORES),
         "-q",
     ]
-    times, peaks, _ = measure(cli, args.runs)
     auto = choose_model(bundle, "openvino", "auto").precision
-    name = f"`edgeseg predict` CLI, defaults (openvino {auto})"
-    rows.append((name, times, peaks, [], mean_dice(cli_out, truth)))
+    jobs.append((f"`edgeseg predict` CLI, defaults (openvino {auto})", cli, cli_out))
+    measured = measure_in_turn([argv for _, argv, _ in jobs], args.runs)
+    rows = []
+    for (name, _, out), (times, peaks, stages) in zip(jobs, measured, strict=True):
+        rows.append((name, times, peaks, stages, None if out is None else mean_dice(out, truth)))
+        print(f"{name}: median {statistics.median(times):.2f} s", flush=True)
 
     lines = [
         "# `edgeseg predict`: end to end on a 512x512x300 phantom CT",
@@ -265,6 +278,7 @@ def main() -> None:
         f"every run pinned to {CORES} cores (fresh process, read to written file, "
         f"{CORES} inference threads). Phantom: `generate_phantom({PHANTOM_SEED})`, "
         "512x512x300 voxels, 0.8x0.8x2.5 mm. Default options (`--crop auto`, LCC on). "
+        "The rows are measured in turn, one run of each per round. "
         "OpenVINO's compiled-model cache starts empty: the first run of each row compiles "
         "the model, the others load it from the cache (the CLI row shares the first row's "
         "compiled model). OpenVINO runs 2 inference streams (patches in flight) of 1 thread "
