@@ -40,7 +40,7 @@ def keep_largest_component(
         return labels
     region = labels[foreground]
     # One labelling of all organs costs less than finding each organ's box (cc3d.statistics)
-    # and labelling organ by organ: 0.15 s against 0.4 s for the box of a 512x512x300 CT.
+    # and labelling organ by organ: 0.2 s against 0.4 s for the box of a 512x512x300 CT.
     components, n = cc3d.connected_components(region, connectivity=connectivity, return_N=True)
     sizes = np.zeros(n + 1, dtype=np.int64)
     label_of = np.zeros(n + 1, dtype=np.uint8)

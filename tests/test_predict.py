@@ -603,6 +603,29 @@ def test_predict_path_does_not_import_scipy() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_openvino_session_leaves_the_conversion_api_unloaded_until_used(
+    plain_bundle: Path,
+) -> None:
+    """Opening a session skips openvino.tools.ovc (0.18 s of start-up with its telemetry);
+    openvino.convert_model still works afterwards in the same process."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from edge_seg.predict import Predictor\n"
+        "from edge_seg.options import PredictOptions\n"
+        f"Predictor({str(plain_bundle)!r}, PredictOptions(precision='fp32', threads=1))\n"
+        "print('openvino.tools.ovc' in sys.modules)\n"
+        "import openvino\n"
+        f"model = openvino.convert_model({str(plain_bundle / 'model.onnx')!r})\n"
+        "print('openvino.tools.ovc' in sys.modules, len(model.inputs))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True", "1"]
+
+
 def test_nonzero_bbox_equals_brute_force() -> None:
     from edge_seg.preprocess import nonzero_bbox
 
