@@ -289,3 +289,13 @@ def test_fast_reader_reads_many_gzip_members_and_small_pieces(
     cut.write_bytes(members[: len(members) - 40])  # the last member loses its end
     with pytest.raises(EdgesegError, match=r"cut\.nii\.gz: unreadable image file"):
         read_volume(cut)
+
+
+def test_available_memory_is_what_psutil_reports() -> None:
+    import psutil
+
+    from edge_seg.io import available_memory_bytes
+
+    ours, theirs = available_memory_bytes(), psutil.virtual_memory().available
+    assert ours > 0
+    assert abs(ours - theirs) <= 0.05 * theirs  # read a moment apart
