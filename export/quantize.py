@@ -244,7 +244,7 @@ def sensitive_layers(names: Sequence[str], count: FloatEnds = 1) -> list[str]:
         return []  # plain INT8
     if len(names) <= first + last:
         return list(names)
-    return [*names[:first], *(names[len(names) - last :] if last else [])]
+    return [*names[:first], *names[len(names) - last :]]
 
 
 def quantize_openvino(
