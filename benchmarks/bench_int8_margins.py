@@ -1,0 +1,164 @@
+"""Where INT8 relabels voxels: fp32 logit margins, the INT8 error of the margin, and flips.
+
+For each image, in one process: the bundle's preprocessing, then the whole image through the
+sliding window (no crop, no post-processing) with the fp32 model and with the INT8 model the
+bundle ships for the backend, keeping the averaged logits at the network's resolution. Per
+organ (pooled over the images; :mod:`export.margins`): voxels labelled by fp32, the Dice of the
+INT8 labels against them, the share of those voxels whose fp32 winner leads the runner-up by
+less than 0.25 and 0.5 logit, the share INT8 relabels, and the RMS of the INT8 error of that
+lead. The last line gives the share of all relabelled voxels that fp32 had decided by less
+than each margin. A HALOS-style bundle gets the all-present prior.
+
+Usage::
+
+    python benchmarks/bench_int8_margins.py edge_seg/models/flare_ct_plain \
+        --phantoms vs_nnunet --cases 3
+    python benchmarks/bench_int8_margins.py edge_seg/models/halos_ct --phantoms holdout --cases 3
+    python benchmarks/bench_int8_margins.py BUNDLE --images DIR
+
+``vs_nnunet`` writes the 512x512 phantoms of ``bench_vs_nnunet.py`` (same seeds), ``holdout``
+the held-out phantoms of the bundles' fidelity report (``build_reference_bundles.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_predict import cpu_description
+
+from edge_seg.backends.base import Session, open_session
+from edge_seg.bundle import Bundle, load_bundle
+from edge_seg.io import Volume
+from edge_seg.preprocess import preprocess
+from edge_seg.window import sliding_window
+from evaluator.atomic import write_text_atomic
+from export.calibration import list_images, presence_prior, read_images
+from export.margins import MarginTally, tally_margins
+
+
+def network_logits(bundle: Bundle, session: Session, volume: Volume,
+                   threads: int | None) -> np.ndarray:
+    """Averaged sliding-window logits (classes, z, y, x) of the whole preprocessed image."""
+    image, _ = preprocess(volume, bundle, threads)
+    prior = presence_prior(bundle)
+
+    def run_patches(tiles: Any) -> Any:
+        for logits, _ in session.run_many(tiles, prior, copy=True):
+            yield logits
+
+    out = np.empty((bundle.num_classes, *image.shape[1:]), dtype=np.float32)
+    for z0, slab in sliding_window(image, bundle.patch_size, 0.5, run_patches,
+                                   bundle.num_classes, threads):
+        out[:, z0:z0 + slab.shape[1]] = slab
+    return out
+
+
+def write_phantoms(kind: str, count: int, folder: Path) -> Path:
+    if kind == "vs_nnunet":
+        from bench_vs_nnunet import write_cases
+        write_cases(folder, count, 512)
+        return folder
+    from build_reference_bundles import HOLDOUT_SEED
+    from build_reference_bundles import write_phantoms as write_holdout
+    return write_holdout(folder, HOLDOUT_SEED, count)
+
+
+def render(bundle: Bundle, command: str, host: str, names: list[str], tally: MarginTally,
+           int8_file: str, per_image: list[dict[str, Any]]) -> str:
+    t0, t1 = tally.thresholds
+    lines = [
+        f"# Where INT8 relabels voxels: {bundle.name}",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Host: {host}. Images: {', '.join(names)}. fp32 `{bundle.files['fp32']}` vs INT8 "
+        f"`{int8_file}` on OpenVINO, whole image through the sliding window at the network's "
+        "resolution (no crop, no LCC); margin = fp32 winner minus runner-up logit; "
+        "margin error = INT8 minus fp32 lead of the fp32 winner over the fp32 runner-up.",
+        "",
+        f"| organ | fp32 voxels | INT8 Dice | margin < {t0} | margin < {t1} | relabelled by INT8 "
+        "| RMS margin error |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, entry in tally.classes.items():
+        lines.append(
+            f"| {name} | {entry.voxels} | {entry.dice:.3f} | {entry.share_below(t0):.1%} | "
+            f"{entry.share_below(t1):.1%} | {entry.flip_rate:.1%} | "
+            f"{entry.margin_error_rms:.3f} |")
+    lines += [
+        "",
+        f"Relabelled voxels: {tally.flipped}; of them {tally.share_of_flips_below(t0):.1%} had "
+        f"an fp32 margin below {t0} and {tally.share_of_flips_below(t1):.1%} below {t1}.",
+        "",
+        "Per image (network grid): " + "; ".join(
+            f"{row['image']} mean organ Dice {row['mean_dice']:.4f}" for row in per_image) + ".",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bundle", type=Path)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", type=Path, help="folder of images")
+    source.add_argument("--phantoms", choices=("vs_nnunet", "holdout"))
+    parser.add_argument("--cases", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--output-dir", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args()
+    bundle = load_bundle(args.bundle)
+    folder = args.images or write_phantoms(
+        args.phantoms, args.cases, Path(tempfile.mkdtemp(prefix="bench_margins_")))
+    volumes, problems = read_images(list_images(folder), folder)
+    if problems:
+        raise SystemExit("; ".join(problems))
+    command = f"python benchmarks/bench_int8_margins.py {args.bundle} " + (
+        f"--images {args.images}" if args.images
+        else f"--phantoms {args.phantoms} --cases {args.cases}")
+    fp32 = open_session(bundle, "openvino", "fp32", args.threads, "f32")
+    int8 = open_session(bundle, "openvino", "int8", args.threads)
+    names, per_image, pairs = [], [], []
+    start = time.perf_counter()
+    for volume in volumes:
+        name = volume.path.name if volume.path else f"image {len(names)}"
+        reference = network_logits(bundle, fp32, volume, args.threads)
+        candidate = network_logits(bundle, int8, volume, args.threads)
+        one = tally_margins([(reference, candidate)], bundle.organs)
+        present = [e.dice for e in one.classes.values() if e.voxels + e.candidate_voxels]
+        per_image.append({"image": name, "mean_dice": float(np.mean(present))})
+        pairs.append((reference, candidate))
+        names.append(name)
+        print(f"{name}: {per_image[-1]['mean_dice']:.4f} ({time.perf_counter() - start:.0f} s)",
+              flush=True)
+    tally = tally_margins(pairs, bundle.organs)
+    int8_file = int8.choice.path.name
+    host = cpu_description()
+    text = render(bundle, command, host, names, tally, int8_file, per_image)
+    stem = f"int8_margins_{bundle.name}"
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(args.output_dir / f"{stem}.md", text)
+    summary = {
+        "command": command, "host": host, "images": names, "per_image": per_image,
+        "thresholds": list(tally.thresholds), "flipped": tally.flipped,
+        "share_of_flips_below": {str(t): tally.share_of_flips_below(t)
+                                 for t in tally.thresholds},
+        "classes": {name: {"voxels": e.voxels, "dice": e.dice, "flip_rate": e.flip_rate,
+                           "margin_error_rms": e.margin_error_rms,
+                           "share_below": {str(t): e.share_below(t) for t in tally.thresholds}}
+                    for name, e in tally.classes.items()},
+    }
+    write_text_atomic(args.output_dir / f"{stem}.json", json.dumps(summary, indent=2) + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
