@@ -15,6 +15,12 @@ Usage::
         --phantoms vs_nnunet --cases 3
     python benchmarks/bench_int8_margins.py edge_seg/models/halos_ct --phantoms holdout --cases 3
     python benchmarks/bench_int8_margins.py BUNDLE --images DIR
+    python benchmarks/bench_int8_margins.py edge_seg/models/halos_ct --phantoms holdout \
+        --requantize 1 --calib /tmp/edgeseg_ref/calib
+
+``--requantize LEVEL`` diagnoses an INT8 model the bundle does not ship: the OpenVINO INT8
+rebuilt from the bundle's fp32 ONNX with the first/last LEVEL convolutions in float (``0``:
+all INT8; ``1,2``: first 1 and last 2), calibrated as ``edgeseg quantize`` does on ``--calib``.
 
 ``vs_nnunet`` writes the 512x512 phantoms of ``bench_vs_nnunet.py`` (same seeds), ``holdout``
 the held-out phantoms of the bundles' fidelity report (``build_reference_bundles.py``).
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -35,31 +42,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_predict import cpu_description
 
-from edge_seg.backends.base import Session, open_session
+from edge_seg.backends.base import open_session
 from edge_seg.bundle import Bundle, load_bundle
-from edge_seg.io import Volume
-from edge_seg.preprocess import preprocess
-from edge_seg.window import sliding_window
 from evaluator.atomic import write_text_atomic
-from export.calibration import list_images, presence_prior, read_images
+from export.calibration import list_images, read_images
+from export.fidelity import network_logits
 from export.margins import MarginTally, tally_margins
-
-
-def network_logits(bundle: Bundle, session: Session, volume: Volume,
-                   threads: int | None) -> np.ndarray:
-    """Averaged sliding-window logits (classes, z, y, x) of the whole preprocessed image."""
-    image, _ = preprocess(volume, bundle, threads)
-    prior = presence_prior(bundle)
-
-    def run_patches(tiles: Any) -> Any:
-        for logits, _ in session.run_many(tiles, prior, copy=True):
-            yield logits
-
-    out = np.empty((bundle.num_classes, *image.shape[1:]), dtype=np.float32)
-    for z0, slab in sliding_window(image, bundle.patch_size, 0.5, run_patches,
-                                   bundle.num_classes, threads):
-        out[:, z0:z0 + slab.shape[1]] = slab
-    return out
 
 
 def write_phantoms(kind: str, count: int, folder: Path) -> Path:
@@ -70,6 +58,26 @@ def write_phantoms(kind: str, count: int, folder: Path) -> Path:
     from build_reference_bundles import HOLDOUT_SEED
     from build_reference_bundles import write_phantoms as write_holdout
     return write_holdout(folder, HOLDOUT_SEED, count)
+
+
+def requantized_bundle(bundle: Bundle, level: str, calib: Path, patches_per_image: int,
+                       work: Path) -> Bundle:
+    """A copy of ``bundle`` whose OpenVINO INT8 model is rebuilt at mixed level ``level``."""
+    from export.calibration import patch_set
+    from export.quantize import quantize_variant
+    from export.quantize_bundle import candidate_bundle, model_file_parts
+
+    parts = [int(p) for p in level.split(",")]
+    keep_fp = parts[0] if len(parts) == 1 else (parts[0], parts[1])
+    volumes, problems = read_images(list_images(calib), calib)
+    if problems or not volumes:
+        raise SystemExit(f"{calib}: " + ("; ".join(problems) or "no images"))
+    samples = patch_set(volumes, bundle, patches_per_image).inputs
+    fp32 = bundle.files["fp32"]
+    for part in model_file_parts(fp32):
+        shutil.copy2(bundle.root / part, work / part)
+    name, _ = quantize_variant("openvino", work / fp32, samples, work, keep_fp)
+    return load_bundle(candidate_bundle(work, bundle, {"fp32": fp32, "int8_openvino": name}))
 
 
 def render(bundle: Bundle, command: str, host: str, names: list[str], tally: MarginTally,
@@ -113,9 +121,19 @@ def main() -> None:
     source.add_argument("--phantoms", choices=("vs_nnunet", "holdout"))
     parser.add_argument("--cases", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--requantize", metavar="LEVEL", default=None,
+                        help="rebuild the OpenVINO INT8 at this mixed level (needs --calib)")
+    parser.add_argument("--calib", type=Path, default=None)
+    parser.add_argument("--patches-per-image", type=int, default=6)
     parser.add_argument("--output-dir", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
     bundle = load_bundle(args.bundle)
+    if args.requantize is not None:
+        if args.calib is None:
+            parser.error("--requantize needs --calib")
+        bundle = requantized_bundle(bundle, args.requantize, args.calib,
+                                    args.patches_per_image,
+                                    Path(tempfile.mkdtemp(prefix="bench_margins_int8_")))
     folder = args.images or write_phantoms(
         args.phantoms, args.cases, Path(tempfile.mkdtemp(prefix="bench_margins_")))
     volumes, problems = read_images(list_images(folder), folder)
@@ -123,7 +141,9 @@ def main() -> None:
         raise SystemExit("; ".join(problems))
     command = f"python benchmarks/bench_int8_margins.py {args.bundle} " + (
         f"--images {args.images}" if args.images
-        else f"--phantoms {args.phantoms} --cases {args.cases}")
+        else f"--phantoms {args.phantoms} --cases {args.cases}") + (
+        f" --requantize {args.requantize} --calib {args.calib} "
+        f"--patches-per-image {args.patches_per_image}" if args.requantize is not None else "")
     fp32 = open_session(bundle, "openvino", "fp32", args.threads, "f32")
     int8 = open_session(bundle, "openvino", "int8", args.threads)
     names, per_image, pairs = [], [], []
@@ -143,7 +163,8 @@ def main() -> None:
     int8_file = int8.choice.path.name
     host = cpu_description()
     text = render(bundle, command, host, names, tally, int8_file, per_image)
-    stem = f"int8_margins_{bundle.name}"
+    stem = f"int8_margins_{bundle.name}" + (
+        f"_level{args.requantize.replace(',', '_')}" if args.requantize is not None else "")
     args.output_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.output_dir / f"{stem}.md", text)
     summary = {

@@ -6,23 +6,35 @@ post-processing), on held-out images that were not used for calibration. Per org
 the Dice overlap of the INT8 and fp32 label maps (both empty counts as 1, the FLARE
 convention), then the mean over organs and the worst organ, and the latency ratio of the two
 runs on the same backend in the same process.
+
+A variant below the bar may be the quantiser's fault or the model's: a class the fp32 model
+itself barely decides (most of its voxels within a fraction of a logit of the runner-up) loses
+voxels to any perturbation. So the report also gives, per organ, the share of the voxels fp32
+labels with it whose lead over the runner-up is below :data:`UNDECIDED_MARGIN` logit, on the
+network's grid (:mod:`export.margins`; ``benchmarks/bench_int8_margins.py`` has the INT8 side).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edge_seg.errors import EdgesegError
 from edge_seg.io import Volume
 
+if TYPE_CHECKING:
+    from edge_seg.backends.base import Session
+    from edge_seg.bundle import Bundle
+
 #: Mean per-organ Dice (INT8 vs fp32 labels) a variant needs to enter validated_precisions.
 AGREEMENT_BAR = 0.98
+#: fp32 lead (logits) of the winner over the runner-up below which a voxel counts as undecided.
+UNDECIDED_MARGIN = 0.5
 
 
 def dice_agreement(reference: np.ndarray, candidate: np.ndarray,
@@ -81,6 +93,59 @@ def predict_all(bundle_dir: Path, backend: str, precision: str,
     return run
 
 
+def network_logits(bundle: Bundle, session: Session, volume: Volume,
+                   threads: int | None = None) -> np.ndarray:
+    """Averaged sliding-window logits (classes, z, y, x) of the whole preprocessed image.
+
+    No crop, no post-processing; a network with a presence input gets the all-present prior.
+    """
+    from edge_seg.preprocess import preprocess
+    from edge_seg.window import sliding_window
+    from export.calibration import presence_prior
+
+    image, _ = preprocess(volume, bundle, threads)
+    prior = presence_prior(bundle)
+
+    def run_patches(tiles: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        for logits, _ in session.run_many(tiles, prior, copy=True):
+            yield logits
+
+    out = np.empty((bundle.num_classes, *image.shape[1:]), dtype=np.float32)
+    for z0, slab in sliding_window(image, bundle.patch_size, 0.5, run_patches,
+                                   bundle.num_classes, threads):
+        out[:, z0:z0 + slab.shape[1]] = slab
+    return out
+
+
+def fp32_undecided_shares(bundle_dir: Path, backend: str, volumes: Sequence[Volume],
+                          threads: int | None = None,
+                          margin: float = UNDECIDED_MARGIN) -> dict[str, float | None]:
+    """Per organ, the share of its fp32 voxels led by less than ``margin`` logit.
+
+    Pooled over ``volumes`` on the network's grid; None for an organ fp32 never labels.
+    OpenVINO runs with the f32 precision hint, so an AMX CPU does not answer in bf16.
+    """
+    from edge_seg.backends.base import open_session
+    from edge_seg.bundle import load_bundle
+    from export.margins import top_two_margin
+
+    bundle = load_bundle(bundle_dir)
+    session = open_session(bundle, backend, "fp32", threads,
+                           "f32" if backend == "openvino" else None)
+    voxels = dict.fromkeys(bundle.organs, 0)
+    undecided = dict.fromkeys(bundle.organs, 0)
+    for volume in volumes:
+        logits = network_logits(bundle, session, volume, threads)
+        labels = logits.argmax(axis=0)
+        close = top_two_margin(logits) < margin
+        for name, value in bundle.organs.items():
+            mine = labels == value
+            voxels[name] += int(mine.sum())
+            undecided[name] += int((mine & close).sum())
+    return {name: (undecided[name] / voxels[name] if voxels[name] else None)
+            for name in bundle.organs}
+
+
 def compare(reference: Run, candidate: Run, organs: Mapping[str, int],
             names: Sequence[str], bar: float = AGREEMENT_BAR) -> dict[str, Any]:
     """The report for one variant: per-organ Dice averaged over images, mean, worst, latency."""
@@ -122,4 +187,26 @@ def format_report(fidelity: Mapping[str, Any]) -> str:
             f"{variant:<22} {report['mean_dice']:>9.4f} {worst:>26} {ratio_text:>15}  "
             f"{'yes' if report['passed'] else 'NO (below bar)'}"
         )
+    lines += undecided_lines(fidelity)
     return "\n".join(lines)
+
+
+def undecided_lines(fidelity: Mapping[str, Any]) -> list[str]:
+    """For the worst classes of variants below the bar: how clearly fp32 decides them."""
+    section = fidelity.get("fp32_undecided")
+    if not section:
+        return []
+    shares = section["share_per_class"]
+    known = [v for v in shares.values() if v is not None]
+    worst = []
+    for report in fidelity.get("variants", {}).values():
+        name = report.get("worst_class")
+        if not report["passed"] and shares.get(name) is not None and name not in worst:
+            worst.append(name)
+    if not worst or not known:
+        return []
+    margin = section["margin_logit"]
+    lines = [f"fp32 voxels led by < {margin} logit over the runner-up (network grid; median "
+             f"organ {float(np.median(known)):.0%}):"]
+    lines += [f"  {name}: {shares[name]:.0%}" for name in worst]
+    return lines

@@ -27,7 +27,14 @@ from typing import Any
 from edge_seg.bundle import Bundle, load_bundle
 from edge_seg.errors import EdgesegError
 from export.calibration import DEFAULT_PATCHES_PER_IMAGE, list_images, patch_set, read_images
-from export.fidelity import AGREEMENT_BAR, Run, compare, predict_all
+from export.fidelity import (
+    AGREEMENT_BAR,
+    UNDECIDED_MARGIN,
+    Run,
+    compare,
+    fp32_undecided_shares,
+    predict_all,
+)
 from export.quantize import (
     ACCURACY_AWARE,
     BACKENDS,
@@ -123,11 +130,14 @@ def quantize_bundle(
         _link_or_copy(bundle.model_path("fp32"), work / fp32_name)
         onnx_path = work / fp32_name
         variants: dict[str, dict[str, Any]] = {}
+        undecided: dict[str, float | None] | None = None
         chosen: dict[str, str] = {}
         for backend in backends:
             key = FILE_KEYS[backend]
             candidate_bundle(work, bundle, {"fp32": fp32_name})
             reference = predict_all(work, backend, "fp32", holdout_volumes, threads)
+            if undecided is None:
+                undecided = fp32_undecided_shares(work, backend, holdout_volumes, threads)
             attempts = [(key, 0)]
             if mixed_fallback:
                 attempts += [(f"{key}{mixed_suffix(n)}", n) for n in MIXED_LEVELS]
@@ -151,7 +161,11 @@ def quantize_bundle(
                     chosen[key] = file_name
                     report["shipped_as"] = key
                     break
-                log(f"{variant}: below the {bar} bar - not added to the bundle")
+                share = undecided.get(report["worst_class"]) if undecided else None
+                why = ("" if share is None else
+                       f" (fp32 leads {share:.0%} of its {report['worst_class']} voxels by "
+                       f"< {UNDECIDED_MARGIN} logit)")
+                log(f"{variant}: below the {bar} bar - not added to the bundle{why}")
 
         for file_name in chosen.values():
             for part in model_file_parts(file_name):
@@ -178,6 +192,9 @@ def quantize_bundle(
             "holdout_images": names,
             "variants": variants,
         }
+        if undecided is not None:
+            bundle.fidelity["fp32_undecided"] = {"margin_logit": UNDECIDED_MARGIN,
+                                                 "share_per_class": undecided}
         bundle.provenance = {**bundle.provenance, "calibration_set": patches.sources}
         bundle.save(bundle_dir)
     finally:

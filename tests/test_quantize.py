@@ -74,6 +74,10 @@ def test_quantize_adds_validated_variants_and_report(exported, tmp_path, capsys)
         assert report["passed"] == (report["mean_dice"] >= 0.98)
         assert report["latency_ratio_int8_vs_fp32"] > 0
         assert name in out  # the table is printed
+    undecided = fidelity["fp32_undecided"]
+    assert undecided["margin_logit"] == 0.5
+    assert set(undecided["share_per_class"]) == set(bundle.organs)
+    assert all(v is None or 0.0 <= v <= 1.0 for v in undecided["share_per_class"].values())
     for key in shipped:
         assert bundle.files[key].startswith("model_int8_")
     assert not [p for p in bundle_dir.iterdir() if p.name.startswith(".quantize")]
@@ -120,6 +124,12 @@ def test_variant_below_the_bar_is_not_shipped(exported, tmp_path, capsys) -> Non
             kept = set(variants[name]["quantization"]["fp_layers"])
             assert len(kept) == count and previous < kept
             previous = kept
+    shares = bundle.fidelity["fp32_undecided"]["share_per_class"]
+    worst = plain["worst_class"]
+    if shares[worst] is not None:
+        # why the variant failed: how clearly fp32 itself decides its worst class
+        assert f"(fp32 leads {shares[worst]:.0%} of its {worst} voxels by < 0.5 logit)" in out
+        assert f"  {worst}: {shares[worst]:.0%}" in out
     passed = [report for report in variants.values() if report["passed"]]
     assert len(passed) <= 1  # attempts stop at the first variant that meets the bar
     if passed:
@@ -156,6 +166,28 @@ def test_window_starts_cover_the_axis() -> None:
     starts = window_starts(100, 32)
     assert starts[0] == 0 and starts[-1] == 100 - 32
     assert max(np.diff(starts)) <= 16  # step 0.5 of the patch
+
+
+def test_report_says_how_clearly_fp32_decides_the_failing_classes() -> None:
+    from export.fidelity import format_report
+
+    fidelity = {
+        "fp32_undecided": {"margin_logit": 0.5,
+                           "share_per_class": {"liver": 0.03, "duodenum": 0.75, "adrenal": None}},
+        "variants": {
+            "int8_openvino": {"mean_dice": 0.97, "worst_dice": 0.9, "worst_class": "duodenum",
+                              "latency_ratio_int8_vs_fp32": 0.7, "passed": False},
+            "int8_openvino_mixed": {"mean_dice": 0.99, "worst_dice": 0.95,
+                                    "worst_class": "liver",
+                                    "latency_ratio_int8_vs_fp32": 0.8, "passed": True},
+        },
+    }
+    text = format_report(fidelity)
+    assert "median organ 39%" in text  # median of 3 % and 75 %; the unlabelled organ is left out
+    assert "  duodenum: 75%" in text
+    assert "liver: 3%" not in text  # the variant whose worst class is the liver passed
+    fidelity["variants"]["int8_openvino"]["passed"] = True
+    assert "logit over the runner-up" not in format_report(fidelity)
 
 
 def test_dice_agreement_conventions() -> None:
