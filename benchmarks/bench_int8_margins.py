@@ -93,13 +93,14 @@ def render(bundle: Bundle, command: str, host: str, names: list[str], tally: Mar
         "resolution (no crop, no LCC); margin = fp32 winner minus runner-up logit; "
         "margin error = INT8 minus fp32 lead of the fp32 winner over the fp32 runner-up.",
         "",
-        f"| organ | fp32 voxels | INT8 Dice | margin < {t0} | margin < {t1} | relabelled by INT8 "
-        "| RMS margin error |",
-        "|---|---|---|---|---|---|---|",
+        f"| organ | fp32 voxels | INT8 voxels | INT8 Dice | margin < {t0} | margin < {t1} "
+        "| fp32 voxels INT8 relabels | RMS margin error |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, entry in tally.classes.items():
         lines.append(
-            f"| {name} | {entry.voxels} | {entry.dice:.3f} | {entry.share_below(t0):.1%} | "
+            f"| {name} | {entry.voxels} | {entry.candidate_voxels} | {entry.dice:.3f} | "
+            f"{entry.share_below(t0):.1%} | "
             f"{entry.share_below(t1):.1%} | {entry.flip_rate:.1%} | "
             f"{entry.margin_error_rms:.3f} |")
     lines += [
@@ -163,7 +164,8 @@ def main() -> None:
     int8_file = int8.choice.path.name
     host = cpu_description()
     text = render(bundle, command, host, names, tally, int8_file, per_image)
-    stem = f"int8_margins_{bundle.name}" + (
+    source_name = args.phantoms or args.images.name
+    stem = f"int8_margins_{bundle.name}_{source_name}" + (
         f"_level{args.requantize.replace(',', '_')}" if args.requantize is not None else "")
     args.output_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.output_dir / f"{stem}.md", text)
@@ -172,7 +174,8 @@ def main() -> None:
         "thresholds": list(tally.thresholds), "flipped": tally.flipped,
         "share_of_flips_below": {str(t): tally.share_of_flips_below(t)
                                  for t in tally.thresholds},
-        "classes": {name: {"voxels": e.voxels, "dice": e.dice, "flip_rate": e.flip_rate,
+        "classes": {name: {"voxels": e.voxels, "int8_voxels": e.candidate_voxels,
+                           "dice": e.dice, "flip_rate": e.flip_rate,
                            "margin_error_rms": e.margin_error_rms,
                            "share_below": {str(t): e.share_below(t) for t in tally.thresholds}}
                     for name, e in tally.classes.items()},
