@@ -1,0 +1,162 @@
+"""INT8-aware distillation (export.distill) on an nnU-Net bundle: agreement before and after.
+
+In one process: rebuild the bundle's network from its nnU-Net results folder, distil a student
+under simulated INT8 on calibration patches, export the student to ONNX and quantise it with
+NNCF exactly as ``edgeseg quantize`` quantises the fp32 model (all convolutions INT8, same
+calibration patches). Then, for the shipped INT8 model and the distilled one:
+
+* agreement with the bundle's fp32 model on held-out images (whole-image label maps from the
+  runtime's Predictor, default LCC; the fidelity report's measure);
+* optionally, agreement with nnU-Net's own label maps on the cases of
+  ``bench_vs_nnunet.py`` (crop none, no LCC, as that benchmark's "exact" rows).
+
+Usage::
+
+    python benchmarks/bench_int8_distill.py edge_seg/models/flare_ct_plain \\
+        --calib /tmp/edgeseg_ref/calib --holdout /tmp/edgeseg_ref/holdout \\
+        --vs-nnunet /tmp/edgeseg_vs_nnunet [--results RESULTS_DIR]
+
+``--results`` defaults to the results folder recorded in the bundle's provenance (for the
+reference bundle: ``reference_models/nnunet_results/Dataset900_EdgesegPhantomCT/...``).
+``--vs-nnunet`` is the work folder of ``bench_vs_nnunet.py`` (``imagesTs/``, ``nnunet/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_predict import cpu_description, dice_per_organ
+
+from edge_seg.bundle import DEFAULT_IO_NAMES, Bundle, load_bundle
+from edge_seg.io import read_volume
+from evaluator.atomic import write_text_atomic
+from export.calibration import list_images, patch_set, read_images
+from export.distill import DistillSettings, distill_for_int8
+from export.fidelity import compare, predict_all
+from export.quantize import quantize_variant
+from export.quantize_bundle import _link_or_copy, candidate_bundle
+
+
+def vs_nnunet(bundle_dir: Path, folder: Path, threads: int | None) -> dict[str, float]:
+    """Per case: mean organ Dice of INT8 labels (crop none, no LCC) vs nnU-Net's."""
+    import SimpleITK as sitk
+
+    from edge_seg.options import PredictOptions
+    from edge_seg.predict import Predictor
+
+    predictor = Predictor(bundle_dir, PredictOptions(precision="int8", crop="none", lcc=False,
+                                                     threads=threads))
+    scores = {}
+    for image in sorted((folder / "imagesTs").glob("*.nii.gz")):
+        case = image.name.replace("_0000.nii.gz", "")
+        ours = np.asarray(predictor.predict(read_volume(image)).labels)
+        theirs = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "nnunet" / f"{case}.nii.gz")))
+        values = [int(v) for v in np.union1d(np.unique(ours), np.unique(theirs)) if v]
+        scores[case] = float(np.mean(list(dice_per_organ(ours, theirs, values).values())))
+    return scores
+
+
+def student_bundle(bundle: Bundle, student: Any, samples: list[list[np.ndarray]],
+                   work: Path) -> Path:
+    """``work`` as a bundle: the original fp32 model and the student's OpenVINO INT8."""
+    from export.onnx_export import export_onnx
+
+    io = {**DEFAULT_IO_NAMES, **bundle.io_names}
+    onnx_path = export_onnx(student, samples[0], work / "student.onnx", (io["image"],),
+                            (io["logits"],))
+    name, _ = quantize_variant("openvino", onnx_path, samples, work, 0)
+    _link_or_copy(bundle.model_path("fp32"), work / bundle.files["fp32"])
+    return candidate_bundle(work, bundle, {"fp32": bundle.files["fp32"], "int8_openvino": name})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--results", type=Path, default=None,
+                        help="the nnU-Net results folder the bundle was exported from "
+                        "(default: the one its provenance records)")
+    parser.add_argument("--calib", type=Path, required=True)
+    parser.add_argument("--holdout", type=Path, required=True)
+    parser.add_argument("--vs-nnunet", type=Path, default=None)
+    parser.add_argument("--calib-patches-per-image", type=int, default=6)
+    parser.add_argument("--distill-patches-per-image", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=DistillSettings.steps)
+    parser.add_argument("--lr", type=float, default=DistillSettings.learning_rate)
+    parser.add_argument("--focus", type=float, default=DistillSettings.focus_logit)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output-dir", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args()
+
+    import torch
+
+    from export.nnunet_reader import build_fold_networks, read_results
+
+    torch.set_num_threads(args.threads)
+    bundle = load_bundle(args.bundle)
+    results = args.results or Path(bundle.provenance.get("results_folder", ""))
+    if not (results / "plans.json").is_file():
+        raise SystemExit(f"{results}: not an nnU-Net results folder; give --results")
+    calib, _ = read_images(list_images(args.calib), args.calib)
+    holdout, _ = read_images(list_images(args.holdout), args.holdout)
+    samples = patch_set(calib, bundle, args.calib_patches_per_image).inputs
+    train = patch_set(calib, bundle, args.distill_patches_per_image).inputs
+    network = build_fold_networks(read_results(results))[0]
+    settings = DistillSettings(args.steps, args.lr, args.focus)
+    student, report = distill_for_int8(network, train, settings,
+                                       log=lambda line: print(line, flush=True))
+    work = Path(tempfile.mkdtemp(prefix="bench_distill_"))
+    distilled = student_bundle(bundle, student, samples, work)
+
+    names = [v.name for v in holdout]
+    reference = predict_all(args.bundle, "openvino", "fp32", holdout, args.threads)
+    rows: dict[str, dict[str, Any]] = {}
+    for label, where in (("shipped INT8", args.bundle), ("distilled INT8", distilled)):
+        candidate = predict_all(where, "openvino", "int8", holdout, args.threads)
+        rep = compare(reference, candidate, bundle.organs, names)
+        rows[label] = {"holdout_mean_dice": rep["mean_dice"], "worst_class": rep["worst_class"],
+                       "worst_dice": rep["worst_dice"]}
+        if args.vs_nnunet:
+            cases = vs_nnunet(where, args.vs_nnunet, args.threads)
+            rows[label]["vs_nnunet"] = cases
+            rows[label]["vs_nnunet_mean"] = float(np.mean(list(cases.values())))
+        print(label, json.dumps(rows[label]), flush=True)
+
+    command = " ".join(["python benchmarks/bench_int8_distill.py", str(args.bundle),
+                        f"--calib {args.calib}",
+                        f"--holdout {args.holdout}"]
+                       + ([f"--vs-nnunet {args.vs_nnunet}"] if args.vs_nnunet else [])
+                       + ([f"--results {args.results}"] if args.results else [])
+                       + [f"--steps {args.steps}", f"--lr {args.lr}", f"--focus {args.focus}",
+                          f"--distill-patches-per-image {args.distill_patches_per_image}"])
+    lines = [f"# INT8-aware distillation: {bundle.name}", "", f"Command: `{command}`", "",
+             f"Host: {cpu_description()}. Student trained {report['steps']} steps on "
+             f"{report['patches']} calibration patches in {report['seconds']:.0f} s (weighted "
+             f"logit MSE {report['loss_first_tenth']:.5f} in the first tenth of the steps, "
+             f"{report['loss_last_tenth']:.5f} in the last); both INT8 models all-INT8 "
+             f"OpenVINO (NNCF, {len(samples)} calibration patches).", "",
+             "| INT8 model | vs fp32, held out (mean / worst) | vs nnU-Net per case | "
+             "vs nnU-Net mean |", "|---|---|---|---|"]
+    for label, row in rows.items():
+        cases = ", ".join(f"{k} {v:.4f}" for k, v in row.get("vs_nnunet", {}).items())
+        mean = f"**{row['vs_nnunet_mean']:.4f}**" if "vs_nnunet_mean" in row else "-"
+        lines.append(f"| {label} | {row['holdout_mean_dice']:.4f} / {row['worst_class']} "
+                     f"{row['worst_dice']:.3f} | {cases or '-'} | {mean} |")
+    text = "\n".join(lines) + "\n"
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"int8_distill_{bundle.name}"
+    write_text_atomic(args.output_dir / f"{stem}.md", text)
+    write_text_atomic(args.output_dir / f"{stem}.json", json.dumps(
+        {"command": command, "distill": report, "rows": rows}, indent=2) + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
