@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_predict import cpu_description, dice_per_organ
+from bench_predict import cpu_description
+from bench_vs_nnunet import mean_organ_dice
 
 from edge_seg.bundle import DEFAULT_IO_NAMES, Bundle, load_bundle
 from edge_seg.io import read_volume
@@ -59,8 +60,7 @@ def vs_nnunet(bundle_dir: Path, folder: Path, threads: int | None) -> dict[str, 
         case = image.name.replace("_0000.nii.gz", "")
         ours = np.asarray(predictor.predict(read_volume(image)).labels)
         theirs = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "nnunet" / f"{case}.nii.gz")))
-        values = [int(v) for v in np.union1d(np.unique(ours), np.unique(theirs)) if v]
-        scores[case] = float(np.mean(list(dice_per_organ(ours, theirs, values).values())))
+        scores[case] = mean_organ_dice(ours, theirs)
     return scores
 
 

@@ -37,17 +37,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_predict import cpu_description
+from bench_vs_nnunet import mean_organ_dice
 
 from edge_seg.backends.base import open_session
 from edge_seg.bundle import Bundle, load_bundle
 from evaluator.atomic import write_text_atomic
 from export.calibration import list_images, read_images
 from export.fidelity import network_logits
-from export.margins import MarginTally, tally_margins
+from export.margins import MarginTally
 
 
 def write_phantoms(kind: str, count: int, folder: Path) -> Path:
@@ -147,20 +146,19 @@ def main() -> None:
         f"--patches-per-image {args.patches_per_image}" if args.requantize is not None else "")
     fp32 = open_session(bundle, "openvino", "fp32", args.threads, "f32")
     int8 = open_session(bundle, "openvino", "int8", args.threads)
-    names, per_image, pairs = [], [], []
+    names, per_image = [], []
+    tally = MarginTally(bundle.organs)
     start = time.perf_counter()
     for volume in volumes:
         name = volume.path.name if volume.path else f"image {len(names)}"
         reference = network_logits(bundle, fp32, volume, args.threads)
         candidate = network_logits(bundle, int8, volume, args.threads)
-        one = tally_margins([(reference, candidate)], bundle.organs)
-        present = [e.dice for e in one.classes.values() if e.voxels + e.candidate_voxels]
-        per_image.append({"image": name, "mean_dice": float(np.mean(present))})
-        pairs.append((reference, candidate))
+        tally.add(reference, candidate)
+        labels = [logits.argmax(axis=0) for logits in (reference, candidate)]
+        per_image.append({"image": name, "mean_dice": mean_organ_dice(*labels)})
         names.append(name)
         print(f"{name}: {per_image[-1]['mean_dice']:.4f} ({time.perf_counter() - start:.0f} s)",
               flush=True)
-    tally = tally_margins(pairs, bundle.organs)
     int8_file = int8.choice.path.name
     host = cpu_description()
     text = render(bundle, command, host, names, tally, int8_file, per_image)

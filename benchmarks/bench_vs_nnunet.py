@@ -73,6 +73,12 @@ def write_cases(folder: Path, count: int, matrix: int) -> list[str]:
     return names
 
 
+def mean_organ_dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean Dice over the organ labels present in either label map."""
+    values = [int(v) for v in np.union1d(np.unique(a), np.unique(b)) if v != 0]
+    return float(np.mean(list(dice_per_organ(a, b, values).values())))
+
+
 def agreement(a_dir: Path, b_dir: Path, names: list[str]) -> list[float]:
     import SimpleITK as sitk
 
@@ -80,8 +86,7 @@ def agreement(a_dir: Path, b_dir: Path, names: list[str]) -> list[float]:
     for name in names:
         a = sitk.GetArrayFromImage(sitk.ReadImage(str(a_dir / f"{name}.nii.gz")))
         b = sitk.GetArrayFromImage(sitk.ReadImage(str(b_dir / f"{name}.nii.gz")))
-        values = [int(v) for v in np.union1d(np.unique(a), np.unique(b)) if v != 0]
-        scores.append(float(np.mean(list(dice_per_organ(a, b, values).values()))))
+        scores.append(mean_organ_dice(a, b))
     return scores
 
 
