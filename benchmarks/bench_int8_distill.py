@@ -1,9 +1,12 @@
-"""INT8-aware distillation (export.distill) on an nnU-Net bundle: agreement before and after.
+"""INT8-aware distillation (export.distill) on a bundle: agreement before and after.
 
-In one process: rebuild the bundle's network from its nnU-Net results folder, distil a student
-under simulated INT8 on calibration patches, export the student to ONNX and quantise it with
-NNCF exactly as ``edgeseg quantize`` quantises the fp32 model (all convolutions INT8, same
-calibration patches). Then, for the shipped INT8 model and the distilled one:
+In one process: rebuild the bundle's PyTorch network from its provenance (nnU-Net results
+folder, or ``module:factory`` + weights), check it against the bundle's fp32 model, distil a
+student under simulated INT8 on calibration patches, export the student to ONNX and quantise
+it with NNCF exactly as ``edgeseg quantize`` quantises the fp32 model (same calibration
+patches, mixed level ``--level``: 0 all convolutions INT8, 1 the first and last in float,
+``1,2`` the first and the last 2). Then, for the shipped INT8 model, the fp32 model quantised
+at that level, and the distilled one:
 
 * agreement with the bundle's fp32 model on held-out images (whole-image label maps from the
   runtime's Predictor, default LCC; the fidelity report's measure);
@@ -14,10 +17,11 @@ Usage::
 
     python benchmarks/bench_int8_distill.py edge_seg/models/flare_ct_plain \\
         --calib /tmp/edgeseg_ref/calib --holdout /tmp/edgeseg_ref/holdout \\
-        --vs-nnunet /tmp/edgeseg_vs_nnunet [--results RESULTS_DIR]
+        --vs-nnunet /tmp/edgeseg_vs_nnunet [--source RESULTS_DIR_OR_WEIGHTS]
+    python benchmarks/bench_int8_distill.py edge_seg/models/halos_ct --level 0 \\
+        --calib /tmp/edgeseg_ref/calib --holdout /tmp/edgeseg_ref/holdout
 
-``--results`` defaults to the results folder recorded in the bundle's provenance (for the
-reference bundle: ``reference_models/nnunet_results/Dataset900_EdgesegPhantomCT/...``).
+``--source`` defaults to the location recorded in the bundle's provenance.
 ``--vs-nnunet`` is the work folder of ``bench_vs_nnunet.py`` (``imagesTs/``, ``nnunet/``).
 """
 
@@ -42,8 +46,9 @@ from evaluator.atomic import write_text_atomic
 from export.calibration import list_images, patch_set, read_images
 from export.distill import DistillSettings, distill_for_int8
 from export.fidelity import compare, predict_all
-from export.quantize import quantize_variant
-from export.quantize_bundle import _link_or_copy, candidate_bundle
+from export.quantize import mixed_suffix, parse_level
+from export.quantize_bundle import bundle_with_int8
+from export.source_network import check_matches_bundle, source_network
 
 
 def vs_nnunet(bundle_dir: Path, folder: Path, threads: int | None) -> dict[str, float]:
@@ -64,28 +69,27 @@ def vs_nnunet(bundle_dir: Path, folder: Path, threads: int | None) -> dict[str, 
     return scores
 
 
-def student_bundle(bundle: Bundle, student: Any, samples: list[list[np.ndarray]],
-                   work: Path) -> Path:
-    """``work`` as a bundle: the original fp32 model and the student's OpenVINO INT8."""
+def export_student(bundle: Bundle, student: Any, sample: list[np.ndarray], path: Path) -> Path:
+    """The student as ONNX with the bundle's input and output names."""
     from export.onnx_export import export_onnx
 
     io = {**DEFAULT_IO_NAMES, **bundle.io_names}
-    onnx_path = export_onnx(student, samples[0], work / "student.onnx", (io["image"],),
-                            (io["logits"],))
-    name, _ = quantize_variant("openvino", onnx_path, samples, work, 0)
-    _link_or_copy(bundle.model_path("fp32"), work / bundle.files["fp32"])
-    return candidate_bundle(work, bundle, {"fp32": bundle.files["fp32"], "int8_openvino": name})
+    inputs = (io["image"],) + ((io["presence"],) if bundle.presence_input else ())
+    outputs = (io["logits"],) + ((io["presence_logits"],) if bundle.presence_output else ())
+    return export_onnx(student, sample, path, inputs, outputs)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundle", type=Path)
-    parser.add_argument("--results", type=Path, default=None,
-                        help="the nnU-Net results folder the bundle was exported from "
-                        "(default: the one its provenance records)")
+    parser.add_argument("--source", type=Path, default=None,
+                        help="the nnU-Net results folder or weights file the bundle was "
+                        "exported from (default: the one its provenance records)")
     parser.add_argument("--calib", type=Path, required=True)
     parser.add_argument("--holdout", type=Path, required=True)
     parser.add_argument("--vs-nnunet", type=Path, default=None)
+    parser.add_argument("--level", default="0",
+                        help="mixed level of the rebuilt INT8 models: 0, N or FIRST,LAST")
     parser.add_argument("--calib-patches-per-image", type=int, default=6)
     parser.add_argument("--distill-patches-per-image", type=int, default=12)
     parser.add_argument("--steps", type=int, default=DistillSettings.steps)
@@ -97,28 +101,39 @@ def main() -> None:
 
     import torch
 
-    from export.nnunet_reader import build_fold_networks, read_results
-
     torch.set_num_threads(args.threads)
+    keep_fp = parse_level(args.level)
     bundle = load_bundle(args.bundle)
-    results = args.results or Path(bundle.provenance.get("results_folder", ""))
-    if not (results / "plans.json").is_file():
-        raise SystemExit(f"{results}: not an nnU-Net results folder; give --results")
     calib, _ = read_images(list_images(args.calib), args.calib)
     holdout, _ = read_images(list_images(args.holdout), args.holdout)
     samples = patch_set(calib, bundle, args.calib_patches_per_image).inputs
     train = patch_set(calib, bundle, args.distill_patches_per_image).inputs
-    network = build_fold_networks(read_results(results))[0]
+    network = source_network(bundle, args.source)
+    match = check_matches_bundle(network, bundle, samples[0])
+    print(f"source network matches the bundle's fp32 model (max abs diff {match:.2g})",
+          flush=True)
     settings = DistillSettings(args.steps, args.lr, args.focus)
     student, report = distill_for_int8(network, train, settings,
                                        log=lambda line: print(line, flush=True))
     work = Path(tempfile.mkdtemp(prefix="bench_distill_"))
-    distilled = student_bundle(bundle, student, samples, work)
+    level = mixed_suffix(keep_fp).lstrip("_") or "all-INT8"
+    (work / "teacher").mkdir()
+    (work / "student").mkdir()
+    rebuilt = bundle_with_int8(bundle, work / "teacher", bundle.model_path("fp32"), samples,
+                               keep_fp=keep_fp)
+    student_onnx = export_student(bundle, student, samples[0], work / "student.onnx")
+    distilled = bundle_with_int8(bundle, work / "student", student_onnx, samples,
+                                 keep_fp=keep_fp)
 
     names = [v.name for v in holdout]
     reference = predict_all(args.bundle, "openvino", "fp32", holdout, args.threads)
     rows: dict[str, dict[str, Any]] = {}
-    for label, where in (("shipped INT8", args.bundle), ("distilled INT8", distilled)):
+    shipped = bundle.files.get("int8_openvino", "none")
+    for label, where in ((f"shipped ({shipped})", args.bundle),
+                         (f"fp32 model, {level}", rebuilt.root),
+                         (f"distilled, {level}", distilled.root)):
+        if label.startswith("shipped") and "int8_openvino" not in bundle.files:
+            continue
         candidate = predict_all(where, "openvino", "int8", holdout, args.threads)
         rep = compare(reference, candidate, bundle.organs, names)
         rows[label] = {"holdout_mean_dice": rep["mean_dice"], "worst_class": rep["worst_class"],
@@ -131,17 +146,17 @@ def main() -> None:
 
     command = " ".join(["python benchmarks/bench_int8_distill.py", str(args.bundle),
                         f"--calib {args.calib}",
-                        f"--holdout {args.holdout}"]
+                        f"--holdout {args.holdout}", f"--level {args.level}"]
                        + ([f"--vs-nnunet {args.vs_nnunet}"] if args.vs_nnunet else [])
-                       + ([f"--results {args.results}"] if args.results else [])
+                       + ([f"--source {args.source}"] if args.source else [])
                        + [f"--steps {args.steps}", f"--lr {args.lr}", f"--focus {args.focus}",
                           f"--distill-patches-per-image {args.distill_patches_per_image}"])
     lines = [f"# INT8-aware distillation: {bundle.name}", "", f"Command: `{command}`", "",
              f"Host: {cpu_description()}. Student trained {report['steps']} steps on "
              f"{report['patches']} calibration patches in {report['seconds']:.0f} s (weighted "
              f"logit MSE {report['loss_first_tenth']:.5f} in the first tenth of the steps, "
-             f"{report['loss_last_tenth']:.5f} in the last); both INT8 models all-INT8 "
-             f"OpenVINO (NNCF, {len(samples)} calibration patches).", "",
+             f"{report['loss_last_tenth']:.5f} in the last). Rebuilt INT8 models: OpenVINO "
+             f"(NNCF, {len(samples)} calibration patches), {level}.", "",
              "| INT8 model | vs fp32, held out (mean / worst) | vs nnU-Net per case | "
              "vs nnU-Net mean |", "|---|---|---|---|"]
     for label, row in rows.items():
@@ -151,10 +166,12 @@ def main() -> None:
                      f"{row['worst_dice']:.3f} | {cases or '-'} | {mean} |")
     text = "\n".join(lines) + "\n"
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"int8_distill_{bundle.name}"
+    stem = f"int8_distill_{bundle.name}" + ("" if args.level == "0" else
+                                            f"_level{args.level.replace(',', '_')}")
     write_text_atomic(args.output_dir / f"{stem}.md", text)
     write_text_atomic(args.output_dir / f"{stem}.json", json.dumps(
-        {"command": command, "distill": report, "rows": rows}, indent=2) + "\n")
+        {"command": command, "match_max_abs_diff": match, "distill": report, "rows": rows},
+        indent=2) + "\n")
     print(text)
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 import time
@@ -63,20 +62,15 @@ def requantized_bundle(bundle: Bundle, level: str, calib: Path, patches_per_imag
                        work: Path) -> Bundle:
     """A copy of ``bundle`` whose OpenVINO INT8 model is rebuilt at mixed level ``level``."""
     from export.calibration import patch_set
-    from export.quantize import quantize_variant
-    from export.quantize_bundle import candidate_bundle, model_file_parts
+    from export.quantize import parse_level
+    from export.quantize_bundle import bundle_with_int8
 
-    parts = [int(p) for p in level.split(",")]
-    keep_fp = parts[0] if len(parts) == 1 else (parts[0], parts[1])
     volumes, problems = read_images(list_images(calib), calib)
     if problems or not volumes:
         raise SystemExit(f"{calib}: " + ("; ".join(problems) or "no images"))
     samples = patch_set(volumes, bundle, patches_per_image).inputs
-    fp32 = bundle.files["fp32"]
-    for part in model_file_parts(fp32):
-        shutil.copy2(bundle.root / part, work / part)
-    name, _ = quantize_variant("openvino", work / fp32, samples, work, keep_fp)
-    return load_bundle(candidate_bundle(work, bundle, {"fp32": fp32, "int8_openvino": name}))
+    return bundle_with_int8(bundle, work, bundle.model_path("fp32"), samples,
+                            keep_fp=parse_level(level))
 
 
 def render(bundle: Bundle, command: str, host: str, names: list[str], tally: MarginTally,

@@ -64,22 +64,17 @@ def unshipped_int8(bundle: Bundle, calib: Path, work: Path) -> Bundle:
     was not shipped is rebuilt here (same calibration as ``edgeseg quantize``) to time it.
     """
     from export.calibration import list_images, patch_set, read_images
-    from export.quantize import quantize_variant
-    from export.quantize_bundle import candidate_bundle, model_file_parts
+    from export.quantize_bundle import FILE_KEYS, bundle_with_int8
 
-    missing = [(b, k) for b, k in (("openvino", "int8_openvino"), ("onnxruntime", "int8_onnx"))
-               if k not in bundle.files]
+    missing = [backend for backend, key in FILE_KEYS.items() if key not in bundle.files]
     if not missing:
         return bundle
     volumes, _ = read_images(list_images(calib), calib)
     samples = patch_set(volumes, bundle, 3).inputs
-    files = dict(bundle.files)
-    for name in files.values():
-        for part in model_file_parts(name):
-            shutil.copy2(bundle.root / part, work / part)
-    for backend, key in missing:
-        files[key], _ = quantize_variant(backend, bundle.model_path("fp32"), samples, work)
-    return load_bundle(candidate_bundle(work, bundle, files))
+    for backend in missing:
+        bundle = bundle_with_int8(bundle, work, bundle.model_path("fp32"), samples, backend,
+                                  keep_files=tuple(bundle.files))
+    return bundle
 
 
 def sessions(bundle: Bundle, threads: int | None) -> dict[str, Any]:

@@ -67,6 +67,23 @@ def float_ends(keep_fp: FloatEnds) -> tuple[int, int]:
     return int(keep_fp), int(keep_fp)
 
 
+def parse_level(text: str) -> FloatEnds:
+    """A mixed-precision level from the command line: ``"0"``, ``"1"``, ``"1,2"``.
+
+    >>> parse_level("1,2")
+    (1, 2)
+    >>> parse_level("0")
+    0
+    """
+    try:
+        parts = [int(p) for p in text.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) < 0:
+        raise EdgesegError(f"mixed level {text!r}: expected N or FIRST,LAST (counts >= 0)")
+    return parts[0] if len(parts) == 1 else (parts[0], parts[1])
+
+
 def mixed_suffix(keep_fp: FloatEnds) -> str:
     """File/variant suffix of a mixed-precision level: ``_mixed``, ``_mixed2``, ...,
     ``_mixed1_2`` for the first 1 and the last 2."""

@@ -40,6 +40,7 @@ from export.quantize import (
     BACKENDS,
     MIXED_LEVELS,
     OPENVINO,
+    FloatEnds,
     mixed_suffix,
     quantize_variant,
 )
@@ -92,6 +93,31 @@ def candidate_bundle(work: Path, bundle: Bundle, files: dict[str, str]) -> Path:
 def model_file_parts(name: str) -> list[str]:
     """The files one bundle model consists of (an OpenVINO IR ``.xml`` has its ``.bin``)."""
     return [name, name[: -len(".xml")] + ".bin"] if name.endswith(".xml") else [name]
+
+
+def bundle_with_int8(
+    bundle: Bundle,
+    work: Path,
+    onnx_path: Path,
+    samples: Sequence[Sequence[Any]],
+    backend: str = OPENVINO,
+    keep_fp: FloatEnds = 0,
+    keep_files: Sequence[str] = ("fp32",),
+) -> Bundle:
+    """A candidate bundle in ``work``: ``bundle``'s ``keep_files`` models (linked, or copied)
+    and the INT8 model for ``backend`` quantised from ``onnx_path`` at mixed level ``keep_fp``.
+
+    ``onnx_path`` is usually the bundle's fp32 model; a distilled student's ONNX gives an
+    INT8 model trained to track the unchanged fp32 one. The candidate is never validated
+    here: benchmarks time or score it, ``quantize_bundle`` decides what ships.
+    """
+    files = {key: bundle.files[key] for key in keep_files if key in bundle.files}
+    for name in files.values():
+        for part in model_file_parts(name):
+            if not (work / part).exists():  # ``work`` may be the bundle's own folder
+                _link_or_copy(bundle.root / part, work / part)
+    files[FILE_KEYS[backend]], _ = quantize_variant(backend, onnx_path, samples, work, keep_fp)
+    return load_bundle(candidate_bundle(work, bundle, files))
 
 
 def quantize_bundle(

@@ -153,7 +153,10 @@ def load_factory_network(
         first = str(exc).strip().splitlines()
         detail = " ".join(line.strip() for line in first[:2])
         raise EdgesegError(f"{weights}: weights do not fit {factory} ({detail[:300]})") from exc
-    source = {"factory": factory, "weights": str(weights.resolve()),
+    # The kwargs go into the provenance so that the network can be rebuilt from the bundle
+    # alone (export.source_network), also after the spec file is gone.
+    source = {"factory": factory, "factory_kwargs": dict(spec.get("factory_kwargs", {})),
+              "weights": str(weights.resolve()),
               "checkpoints": [{"path": str(weights.resolve()), "sha256": sha256_of(weights)}]}
     return module.eval(), source
 

@@ -462,3 +462,38 @@ def test_mixed_levels_name_and_pick_the_end_convolutions() -> None:
         "_mixed", "_mixed1_2", "_mixed2", "_mixed3"
     ]
     assert mixed_suffix(0) == ""
+
+
+def test_mixed_level_from_the_command_line() -> None:
+    import doctest
+
+    from edge_seg.errors import EdgesegError
+    from export import quantize
+    from export.quantize import parse_level
+
+    assert doctest.testmod(quantize).failed == 0
+    assert parse_level("2") == 2 and parse_level("0,3") == (0, 3)
+    for bad in ("", "a", "1,2,3", "-1"):
+        with pytest.raises(EdgesegError, match="mixed level"):
+            parse_level(bad)
+
+
+def test_candidate_bundle_with_an_int8_model_of_each_backend(exported, tmp_path) -> None:
+    from export.calibration import list_images, patch_set, read_images
+    from export.quantize_bundle import bundle_with_int8
+
+    bundle = load_bundle(exported["bundle"])
+    volumes, _ = read_images(list_images(exported["images"]), exported["images"])
+    samples = patch_set(volumes, bundle, 2).inputs
+    work = tmp_path / "candidate"
+    work.mkdir()
+    first = bundle_with_int8(bundle, work, bundle.model_path("fp32"), samples, keep_fp=1)
+    assert set(first.files) == {"fp32", "int8_openvino"}
+    assert first.files["int8_openvino"] == "model_int8_openvino_mixed.xml"
+    # A second backend into the same folder keeps the first candidate's models.
+    both = bundle_with_int8(first, work, bundle.model_path("fp32"), samples, "onnxruntime",
+                            keep_files=tuple(first.files))
+    assert set(both.files) == {"fp32", "int8_openvino", "int8_onnx"}
+    assert (work / "model.onnx").read_bytes() == bundle.model_path("fp32").read_bytes()
+    assert load_bundle(work).files == both.files
+    assert load_bundle(exported["bundle"]).files == bundle.files  # the source is untouched

@@ -1,0 +1,111 @@
+"""Rebuild the PyTorch network a bundle was exported from, and check that it is that network.
+
+A bundle carries ONNX, not PyTorch; steps that train (INT8-aware distillation,
+:mod:`export.distill`) need the source network back. Its provenance says where it came from:
+
+* ``"source": "nnunetv2"`` - the results folder, the fold and the checkpoint file;
+* ``"source": "torch"`` - ``module:factory``, the weights file and the spec file (whose
+  ``factory_kwargs`` build the module). TorchScript exports are not trainable here.
+
+``source`` overrides the recorded location (a results folder or a weights file), for a bundle
+that was moved to another machine. Whatever is loaded is then run next to the bundle's fp32
+ONNX model on one input; a network whose logits differ by more than the export tolerance is
+refused, so a wrong fold or a retrained checkpoint cannot pass for the bundle's network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_seg.bundle import DEFAULT_IO_NAMES, Bundle
+from edge_seg.errors import EdgesegError
+
+# The export check's tolerance (relative to the output range), widened for the float
+# summation order of another machine or thread count.
+MATCH_TOLERANCE = 5e-3
+
+
+def source_network(bundle: Bundle, source: str | Path | None = None,
+                   trust_checkpoint: bool = False) -> Any:
+    """The bundle's PyTorch network in eval mode, rebuilt from its provenance (or ``source``)."""
+    provenance = bundle.provenance
+    kind = provenance.get("source")
+    if kind == "nnunetv2":
+        return _nnunet_network(provenance, source, trust_checkpoint)
+    if kind == "torch" and provenance.get("factory"):
+        return _factory_network(provenance, source, trust_checkpoint)
+    if kind == "torch":
+        raise EdgesegError(f"{bundle.name}: exported from TorchScript; distillation needs the "
+                           "module:factory and weights it was built from")
+    raise EdgesegError(f"{bundle.name}: its provenance names no PyTorch source "
+                       f"(source {kind!r}); nothing to rebuild")
+
+
+def _nnunet_network(provenance: dict[str, Any], source: str | Path | None,
+                    trust_checkpoint: bool) -> Any:
+    from export.nnunet_reader import DEFAULT_CHECKPOINT, build_fold_networks, read_results
+
+    folds = [str(f) for f in provenance.get("folds") or ["0"]]
+    if len(folds) != 1:
+        raise EdgesegError(f"the bundle is an ensemble of folds {', '.join(folds)}; "
+                           "distillation trains one network")
+    folder = Path(source or provenance.get("results_folder", ""))
+    recorded = provenance.get("checkpoints") or [{}]
+    checkpoint = Path(recorded[0].get("path", DEFAULT_CHECKPOINT)).name
+    results = read_results(folder, folds, checkpoint, trust_checkpoint,
+                           provenance.get("configuration"))
+    return build_fold_networks(results)[0]
+
+
+def _factory_network(provenance: dict[str, Any], source: str | Path | None,
+                     trust_checkpoint: bool) -> Any:
+    from export.torch_import import load_factory_network, read_spec
+
+    if "factory_kwargs" in provenance:
+        spec = {"factory_kwargs": provenance["factory_kwargs"]}
+    else:  # bundles exported before the kwargs were recorded
+        spec = read_spec(provenance.get("spec", ""))
+    weights = Path(source or provenance.get("weights", ""))
+    if not weights.is_file():
+        raise EdgesegError(f"{weights}: weights file does not exist (give the source's path)")
+    network, _ = load_factory_network(provenance["factory"], weights, spec, trust_checkpoint)
+    return network
+
+
+def network_outputs(network: Any, inputs: Sequence[np.ndarray]) -> np.ndarray:
+    """The network's segmentation logits for one input as a NumPy array (no gradients)."""
+    import torch
+
+    with torch.no_grad():
+        output = network(*[torch.from_numpy(np.ascontiguousarray(a)) for a in inputs])
+    logits = output[0] if isinstance(output, (tuple, list)) else output
+    return logits.numpy()
+
+
+def check_matches_bundle(network: Any, bundle: Bundle, inputs: Sequence[np.ndarray]) -> float:
+    """Max abs logit difference between ``network`` and the bundle's fp32 ONNX on ``inputs``.
+
+    Raises :class:`EdgesegError` when it exceeds :data:`MATCH_TOLERANCE` x the output range.
+    """
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(bundle.model_path("fp32")),
+                                   providers=["CPUExecutionProvider"])
+    io = {**DEFAULT_IO_NAMES, **bundle.io_names}
+    names = [io["image"]] + ([io["presence"]] if len(inputs) > 1 else [])
+    expected = session.run([io["logits"]], dict(zip(names, inputs, strict=True)))[0]
+    found = network_outputs(network, inputs)
+    if found.shape != expected.shape:
+        raise EdgesegError(f"{bundle.name}: the source network gives logits of shape "
+                           f"{found.shape}, the bundle's model {expected.shape}")
+    diff = float(np.abs(found - expected).max())
+    allowed = MATCH_TOLERANCE * max(1.0, float(np.abs(expected).max()))
+    if diff > allowed:
+        raise EdgesegError(f"{bundle.name}: the source network is not the bundle's model (max "
+                           f"abs logit difference {diff:.3g} > {allowed:.3g}); wrong fold or "
+                           "checkpoint?")
+    return diff
