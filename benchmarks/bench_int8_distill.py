@@ -40,11 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_predict import cpu_description
 from bench_vs_nnunet import mean_organ_dice
 
-from edge_seg.bundle import DEFAULT_IO_NAMES, Bundle, load_bundle
+from edge_seg.bundle import load_bundle
 from edge_seg.io import read_volume
 from evaluator.atomic import write_text_atomic
 from export.calibration import list_images, patch_set, read_images
-from export.distill import DistillSettings, distill_for_int8
+from export.distill import DistillSettings, distill_for_int8, export_student
 from export.fidelity import compare, predict_all
 from export.quantize import mixed_suffix, parse_level
 from export.quantize_bundle import bundle_with_int8
@@ -67,16 +67,6 @@ def vs_nnunet(bundle_dir: Path, folder: Path, threads: int | None) -> dict[str, 
         theirs = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "nnunet" / f"{case}.nii.gz")))
         scores[case] = mean_organ_dice(ours, theirs)
     return scores
-
-
-def export_student(bundle: Bundle, student: Any, sample: list[np.ndarray], path: Path) -> Path:
-    """The student as ONNX with the bundle's input and output names."""
-    from export.onnx_export import export_onnx
-
-    io = {**DEFAULT_IO_NAMES, **bundle.io_names}
-    inputs = (io["image"],) + ((io["presence"],) if bundle.presence_input else ())
-    outputs = (io["logits"],) + ((io["presence_logits"],) if bundle.presence_output else ())
-    return export_onnx(student, sample, path, inputs, outputs)
 
 
 def main() -> None:

@@ -19,9 +19,9 @@ Gradients pass the rounding unchanged (straight-through estimator, PyTorch's fak
 ops). No labels are used: the calibration images suffice. The student's weights are exported to
 ONNX and quantised by the usual post-training route; only the INT8 model comes from it.
 
-``benchmarks/bench_int8_distill.py`` measures it on the nnU-Net reference bundle. It is not a
-step of ``edgeseg quantize`` (yet): that needs the PyTorch network, which a bundle does not
-carry, and on the reference model it gained less than the agreement bar was short.
+``edgeseg quantize --distill`` runs it before quantising (the PyTorch network is rebuilt from
+the bundle's provenance by :mod:`export.source_network`); ``benchmarks/bench_int8_distill.py``
+measures it against plain post-training INT8.
 """
 
 from __future__ import annotations
@@ -31,9 +31,12 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from edge_seg.bundle import DEFAULT_IO_NAMES, Bundle
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,8 @@ class DistillSettings:
     learning_rate: float = 1e-4
     focus_logit: float = 0.5
     seed: int = 0
+    #: Training patches cut from each calibration image (the quantiser's own set is smaller).
+    patches_per_image: int = 12
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -209,3 +214,14 @@ def distill_for_int8(
         "seconds": round(time.perf_counter() - started, 1),
     }
     return student.eval(), report
+
+
+def export_student(bundle: Bundle, student: Any, sample: Sequence[np.ndarray],
+                   path: Path) -> Path:
+    """Write the student as ONNX with the bundle's input and output names; return ``path``."""
+    from export.onnx_export import export_onnx
+
+    io = {**DEFAULT_IO_NAMES, **bundle.io_names}
+    inputs = (io["image"],) + ((io["presence"],) if bundle.presence_input else ())
+    outputs = (io["logits"],) + ((io["presence_logits"],) if bundle.presence_output else ())
+    return export_onnx(student, sample, path, inputs, outputs)

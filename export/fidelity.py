@@ -187,6 +187,11 @@ def format_report(fidelity: Mapping[str, Any]) -> str:
             f"{variant:<22} {report['mean_dice']:>9.4f} {worst:>26} {ratio_text:>15}  "
             f"{'yes' if report['passed'] else 'NO (below bar)'}"
         )
+    distillation = fidelity.get("distillation")
+    if distillation:
+        lines.append(f"INT8 models quantised from a student distilled for INT8 "
+                     f"({distillation['steps']} steps on {distillation['patches']} patches, "
+                     f"{distillation['seconds']:.0f} s); agreement is with the fp32 model")
     lines += undecided_lines(fidelity)
     return "\n".join(lines)
 

@@ -27,6 +27,7 @@ from typing import Any
 from edge_seg.bundle import Bundle, load_bundle
 from edge_seg.errors import EdgesegError
 from export.calibration import DEFAULT_PATCHES_PER_IMAGE, list_images, patch_set, read_images
+from export.distill import DistillSettings
 from export.fidelity import (
     AGREEMENT_BAR,
     UNDECIDED_MARGIN,
@@ -120,6 +121,29 @@ def bundle_with_int8(
     return load_bundle(candidate_bundle(work, bundle, files))
 
 
+def distilled_student(
+    bundle: Bundle,
+    calib_volumes: Sequence[Any],
+    calib_inputs: Sequence[Sequence[Any]],
+    work: Path,
+    settings: DistillSettings,
+    source: str | Path | None,
+    log: Callable[[str], None],
+) -> tuple[Path, dict[str, Any]]:
+    """Distil a student from the bundle's PyTorch network; return its ONNX path and report."""
+    from export.distill import distill_for_int8, export_student
+    from export.source_network import check_matches_bundle, source_network
+
+    network = source_network(bundle, source)
+    match = check_matches_bundle(network, bundle, calib_inputs[0])
+    train = patch_set(calib_volumes, bundle, settings.patches_per_image).inputs
+    log(f"distillation: the source network matches the bundle's model (max abs logit "
+        f"difference {match:.2g}); {settings.steps} steps on {len(train)} patches")
+    student, report = distill_for_int8(network, train, settings, log)
+    path = export_student(bundle, student, calib_inputs[0], work / "student.onnx")
+    return path, {**report, "source_max_abs_diff": match}
+
+
 def quantize_bundle(
     bundle_dir: str | Path,
     calib: str | Path,
@@ -131,8 +155,16 @@ def quantize_bundle(
     threads: int | None = None,
     accuracy_aware: bool = True,
     log: Callable[[str], None] = print,
+    distill: DistillSettings | None = None,
+    distill_source: str | Path | None = None,
 ) -> Bundle:
-    """Quantise ``bundle_dir`` in place and return the updated bundle (see module doc)."""
+    """Quantise ``bundle_dir`` in place and return the updated bundle (see module doc).
+
+    With ``distill``, the INT8 models are quantised from a student distilled from the bundle's
+    network (:mod:`export.distill`; rebuilt from its provenance, or from ``distill_source``)
+    instead of from the fp32 model itself; agreement is still measured against the fp32 model,
+    which stays as it is.
+    """
     bundle_dir = Path(bundle_dir)
     bundle = load_bundle(bundle_dir)
     for backend in backends:
@@ -155,6 +187,10 @@ def quantize_bundle(
         fp32_name = bundle.files["fp32"]
         _link_or_copy(bundle.model_path("fp32"), work / fp32_name)
         onnx_path = work / fp32_name
+        distillation = None
+        if distill is not None:
+            onnx_path, distillation = distilled_student(bundle, calib_volumes, patches.inputs,
+                                                        work, distill, distill_source, log)
         variants: dict[str, dict[str, Any]] = {}
         undecided: dict[str, float | None] | None = None
         chosen: dict[str, str] = {}
@@ -176,7 +212,8 @@ def quantize_bundle(
                 candidate_bundle(work, bundle, {"fp32": fp32_name, key: file_name})
                 candidate: Run = predict_all(work, backend, "int8", holdout_volumes, threads)
                 report = {**compare(reference, candidate, bundle.organs, names, bar),
-                          "backend": backend, "file": file_name, "quantization": info}
+                          "backend": backend, "file": file_name, "quantization": info,
+                          "quantised_from": "distilled student" if distillation else "fp32"}
                 variants[variant] = report
                 log(f"{variant}: mean Dice vs fp32 {report['mean_dice']:.4f}, worst "
                     f"{report['worst_dice']:.4f} ({report['worst_class']}), int8/fp32 time "
@@ -218,6 +255,8 @@ def quantize_bundle(
             "holdout_images": names,
             "variants": variants,
         }
+        if distillation is not None:
+            bundle.fidelity["distillation"] = distillation
         if undecided is not None:
             bundle.fidelity["fp32_undecided"] = {"margin_logit": UNDECIDED_MARGIN,
                                                  "share_per_class": undecided}

@@ -497,3 +497,48 @@ def test_candidate_bundle_with_an_int8_model_of_each_backend(exported, tmp_path)
     assert (work / "model.onnx").read_bytes() == bundle.model_path("fp32").read_bytes()
     assert load_bundle(work).files == both.files
     assert load_bundle(exported["bundle"]).files == bundle.files  # the source is untouched
+
+
+def test_distilled_int8_is_quantised_from_the_student(exported, tmp_path, capsys,
+                                                      monkeypatch) -> None:
+    from export import quantize_bundle as qb
+
+    bundle_dir = fresh_bundle(exported, tmp_path)
+    fp32_bytes = (bundle_dir / "model.onnx").read_bytes()
+    quantised_from = []
+    real = qb.quantize_variant
+
+    def spy(backend, onnx_path, *args, **kwargs):
+        quantised_from.append(Path(onnx_path).name)
+        return real(backend, onnx_path, *args, **kwargs)
+
+    monkeypatch.setattr(qb, "quantize_variant", spy)
+    code, out, err = run_cli(["quantize", str(bundle_dir), "--calib", str(exported["images"]),
+                              "--backend", "openvino", "--patches-per-image", "1", "--bar",
+                              "0", "--no-mixed", "--distill", "--distill-steps", "4"], capsys)
+    assert code == 0, err
+    assert quantised_from == ["student.onnx"]
+    bundle = load_bundle(bundle_dir)
+    distillation = bundle.fidelity["distillation"]
+    assert distillation["steps"] == 4 and distillation["patches"] >= 2
+    assert distillation["source_max_abs_diff"] <= 1e-3
+    assert np.isfinite(distillation["loss_last_tenth"])
+    assert bundle.fidelity["variants"]["int8_openvino"]["quantised_from"] == "distilled student"
+    assert "student distilled for INT8 (4 steps" in out
+    # The fp32 model stays the teacher; the student itself is not shipped.
+    assert (bundle_dir / "model.onnx").read_bytes() == fp32_bytes
+    assert not (bundle_dir / "student.onnx").exists()
+    assert bundle.validated_precisions == ["fp32", "int8_openvino"]
+
+
+def test_distillation_without_its_source_network_leaves_the_bundle(exported, tmp_path,
+                                                                   capsys) -> None:
+    bundle_dir = fresh_bundle(exported, tmp_path)
+    manifest = (bundle_dir / "edgeseg.json").read_bytes()
+    missing = tmp_path / "no_such_results"
+    code, _, err = run_cli(["quantize", str(bundle_dir), "--calib", str(exported["images"]),
+                            "--backend", "openvino", "--distill", "--distill-source",
+                            str(missing)], capsys)
+    assert code == 2 and "results folder does not exist" in err and err.count("\n") == 1
+    assert (bundle_dir / "edgeseg.json").read_bytes() == manifest
+    assert sorted(p.name for p in bundle_dir.iterdir()) == ["edgeseg.json", "model.onnx"]

@@ -13,10 +13,12 @@ import typer
 from edge_seg.errors import MissingExtraError
 
 
-def _require(backends: list[str]) -> None:
+def _require(backends: list[str], distill: bool) -> None:
     needed = [("onnx", "onnx")]
     if "openvino" in backends:
         needed.append(("nncf", "nncf"))
+    if distill:  # trains the network
+        needed.append(("torch", "torch"))
     for module, label in needed:
         try:
             __import__(module)
@@ -55,14 +57,32 @@ def register(app: typer.Typer) -> None:
             False, "--no-accuracy-aware", help="Skip NNCF's accuracy-aware fallback (slow: "
             "minutes per model)."
         ),
+        distill: bool = typer.Option(
+            False, "--distill", help="Quantise a copy of the network first fine-tuned to "
+            "track fp32 under simulated INT8 (needs PyTorch and the network the bundle was "
+            "exported from; minutes to an hour on a CPU)."
+        ),
+        distill_source: Path | None = typer.Option(
+            None, "--distill-source", help="The nnU-Net results folder or weights file the "
+            "bundle was exported from, if not where its provenance says."
+        ),
+        distill_steps: int | None = typer.Option(
+            None, "--distill-steps", min=1, help="Distillation steps, one patch each "
+            "(default: 300, the measured recipe)."
+        ),
     ) -> None:
         """Post-training INT8 (OpenVINO via NNCF, ONNX Runtime QDQ) with a fidelity report."""
         backends = [part for value in backend for part in value.split(",") if part]
-        _require(backends)
+        _require(backends, distill)
+        from export.distill import DistillSettings
         from export.fidelity import format_report
         from export.quantize_bundle import quantize_bundle
 
+        settings = None
+        if distill:
+            settings = DistillSettings(**({"steps": distill_steps} if distill_steps else {}))
         result = quantize_bundle(bundle, calib, holdout, backends, patches_per_image, bar,
-                                 not no_mixed, threads, not no_accuracy_aware, log=typer.echo)
+                                 not no_mixed, threads, not no_accuracy_aware, log=typer.echo,
+                                 distill=settings, distill_source=distill_source)
         typer.echo(format_report(result.fidelity))
         typer.echo(f"validated precisions: {', '.join(result.validated_precisions)}")
