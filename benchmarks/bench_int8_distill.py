@@ -44,11 +44,10 @@ from edge_seg.bundle import load_bundle
 from edge_seg.io import read_volume
 from evaluator.atomic import write_text_atomic
 from export.calibration import list_images, patch_set, read_images
-from export.distill import DistillSettings, distill_for_int8, export_student
+from export.distill import DistillSettings
 from export.fidelity import compare, predict_all
 from export.quantize import mixed_suffix, parse_level
-from export.quantize_bundle import bundle_with_int8
-from export.source_network import check_matches_bundle, source_network
+from export.quantize_bundle import bundle_with_int8, distilled_student
 
 
 def vs_nnunet(bundle_dir: Path, folder: Path, threads: int | None) -> dict[str, float]:
@@ -97,21 +96,17 @@ def main() -> None:
     calib, _ = read_images(list_images(args.calib), args.calib)
     holdout, _ = read_images(list_images(args.holdout), args.holdout)
     samples = patch_set(calib, bundle, args.calib_patches_per_image).inputs
-    train = patch_set(calib, bundle, args.distill_patches_per_image).inputs
-    network = source_network(bundle, args.source)
-    match = check_matches_bundle(network, bundle, samples[0])
-    print(f"source network matches the bundle's fp32 model (max abs diff {match:.2g})",
-          flush=True)
-    settings = DistillSettings(args.steps, args.lr, args.focus)
-    student, report = distill_for_int8(network, train, settings,
-                                       log=lambda line: print(line, flush=True))
+    settings = DistillSettings(args.steps, args.lr, args.focus,
+                               patches_per_image=args.distill_patches_per_image)
     work = Path(tempfile.mkdtemp(prefix="bench_distill_"))
+    student_onnx, report = distilled_student(bundle, calib, samples, work, settings,
+                                             args.source, lambda line: print(line, flush=True))
+    match = report["source_max_abs_diff"]
     level = mixed_suffix(keep_fp).lstrip("_") or "all-INT8"
     (work / "teacher").mkdir()
     (work / "student").mkdir()
     rebuilt = bundle_with_int8(bundle, work / "teacher", bundle.model_path("fp32"), samples,
                                keep_fp=keep_fp)
-    student_onnx = export_student(bundle, student, samples[0], work / "student.onnx")
     distilled = bundle_with_int8(bundle, work / "student", student_onnx, samples,
                                  keep_fp=keep_fp)
 

@@ -188,8 +188,10 @@ def format_report(fidelity: Mapping[str, Any]) -> str:
             f"{'yes' if report['passed'] else 'NO (below bar)'}"
         )
     distillation = fidelity.get("distillation")
-    if distillation:
-        lines.append(f"INT8 models quantised from a student distilled for INT8 "
+    distilled = [variant for variant, report in fidelity.get("variants", {}).items()
+                 if report.get("quantised_from") == "distilled student"]
+    if distillation and distilled:
+        lines.append(f"{', '.join(distilled)}: quantised from a student distilled for INT8 "
                      f"({distillation['steps']} steps on {distillation['patches']} patches, "
                      f"{distillation['seconds']:.0f} s); agreement is with the fp32 model")
     lines += undecided_lines(fidelity)

@@ -134,7 +134,13 @@ def distilled_student(
     from export.distill import distill_for_int8, export_student
     from export.source_network import check_matches_bundle, source_network
 
-    network = source_network(bundle, source)
+    try:
+        network = source_network(bundle, source)
+    except EdgesegError as exc:
+        if source is not None or "does not exist" not in str(exc):
+            raise
+        raise EdgesegError(f"{exc}; pass --distill-source with where the bundle's source "
+                           "network is now") from exc
     match = check_matches_bundle(network, bundle, calib_inputs[0])
     train = patch_set(calib_volumes, bundle, settings.patches_per_image).inputs
     log(f"distillation: the source network matches the bundle's model (max abs logit "
@@ -245,6 +251,7 @@ def quantize_bundle(
             if report.get("backend") not in backends
         }
         variants = {**earlier, **variants}
+        previous = bundle.fidelity
         bundle.fidelity = {
             "bar_mean_dice": bar,
             "measured_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -255,6 +262,9 @@ def quantize_bundle(
             "holdout_images": names,
             "variants": variants,
         }
+        if distillation is None and any(r.get("quantised_from") == "distilled student"
+                                        for r in earlier.values()):
+            distillation = previous.get("distillation")  # the kept variants' student
         if distillation is not None:
             bundle.fidelity["distillation"] = distillation
         if undecided is not None:

@@ -524,11 +524,23 @@ def test_distilled_int8_is_quantised_from_the_student(exported, tmp_path, capsys
     assert distillation["source_max_abs_diff"] <= 1e-3
     assert np.isfinite(distillation["loss_last_tenth"])
     assert bundle.fidelity["variants"]["int8_openvino"]["quantised_from"] == "distilled student"
-    assert "student distilled for INT8 (4 steps" in out
+    assert "int8_openvino: quantised from a student distilled for INT8 (4 steps" in out
+
+    # A later run for the other backend, without distillation, keeps what the first recorded.
+    code, out, err = run_cli(["quantize", str(bundle_dir), "--calib", str(exported["images"]),
+                              "--backend", "onnxruntime", "--patches-per-image", "1", "--bar",
+                              "0", "--no-mixed"], capsys)
+    assert code == 0, err
+    later = load_bundle(bundle_dir).fidelity
+    assert later["distillation"] == distillation
+    assert later["variants"]["int8_onnx"]["quantised_from"] == "fp32"
+    [line] = [line for line in out.splitlines() if "quantised from a student" in line]
+    assert line.startswith("int8_openvino: quantised from")
+    bundle = load_bundle(bundle_dir)
     # The fp32 model stays the teacher; the student itself is not shipped.
     assert (bundle_dir / "model.onnx").read_bytes() == fp32_bytes
     assert not (bundle_dir / "student.onnx").exists()
-    assert bundle.validated_precisions == ["fp32", "int8_openvino"]
+    assert bundle.validated_precisions == ["fp32", "int8_openvino", "int8_onnx"]
 
 
 def test_distillation_without_its_source_network_leaves_the_bundle(exported, tmp_path,
@@ -542,3 +554,11 @@ def test_distillation_without_its_source_network_leaves_the_bundle(exported, tmp
     assert code == 2 and "results folder does not exist" in err and err.count("\n") == 1
     assert (bundle_dir / "edgeseg.json").read_bytes() == manifest
     assert sorted(p.name for p in bundle_dir.iterdir()) == ["edgeseg.json", "model.onnx"]
+
+    # The recorded source moved away: the error says how to point at it.
+    moved = load_bundle(bundle_dir)
+    moved.provenance = {**moved.provenance, "results_folder": str(missing)}
+    moved.save(bundle_dir)
+    code, _, err = run_cli(["quantize", str(bundle_dir), "--calib", str(exported["images"]),
+                            "--backend", "openvino", "--distill"], capsys)
+    assert code == 2 and "pass --distill-source" in err and err.count("\n") == 1
