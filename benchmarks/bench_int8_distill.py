@@ -4,9 +4,9 @@ In one process: rebuild the bundle's PyTorch network from its provenance (nnU-Ne
 folder, or ``module:factory`` + weights), check it against the bundle's fp32 model, distil a
 student under simulated INT8 on calibration patches, export the student to ONNX and quantise
 it with NNCF exactly as ``edgeseg quantize`` quantises the fp32 model (same calibration
-patches, mixed level ``--level``: 0 all convolutions INT8, 1 the first and last in float,
-``1,2`` the first and the last 2). Then, for the shipped INT8 model, the fp32 model quantised
-at that level, and the distilled one:
+patches, at each mixed level ``--level`` (repeatable; 0 all convolutions INT8, 1 the first
+and last in float, ``1,2`` the first and the last 2; one student serves every level). Then,
+for the shipped INT8 model and, at each level, the fp32 model and the student quantised:
 
 * agreement with the bundle's fp32 model on held-out images (whole-image label maps from the
   runtime's Predictor, default LCC; the fidelity report's measure);
@@ -77,8 +77,9 @@ def main() -> None:
     parser.add_argument("--calib", type=Path, required=True)
     parser.add_argument("--holdout", type=Path, required=True)
     parser.add_argument("--vs-nnunet", type=Path, default=None)
-    parser.add_argument("--level", default="0",
-                        help="mixed level of the rebuilt INT8 models: 0, N or FIRST,LAST")
+    parser.add_argument("--level", action="append", default=None,
+                        help="mixed level of the rebuilt INT8 models: 0, N or FIRST,LAST "
+                        "(repeatable; default 0)")
     parser.add_argument("--calib-patches-per-image", type=int, default=6)
     parser.add_argument("--distill-patches-per-image", type=int, default=12)
     parser.add_argument("--steps", type=int, default=DistillSettings.steps)
@@ -91,7 +92,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    keep_fp = parse_level(args.level)
+    levels = args.level or ["0"]
+    keep_fps = [parse_level(level) for level in levels]
     bundle = load_bundle(args.bundle)
     calib, _ = read_images(list_images(args.calib), args.calib)
     holdout, _ = read_images(list_images(args.holdout), args.holdout)
@@ -102,23 +104,22 @@ def main() -> None:
     student_onnx, report = distilled_student(bundle, calib, samples, work, settings,
                                              args.source, lambda line: print(line, flush=True))
     match = report["source_max_abs_diff"]
-    level = mixed_suffix(keep_fp).lstrip("_") or "all-INT8"
-    (work / "teacher").mkdir()
-    (work / "student").mkdir()
-    rebuilt = bundle_with_int8(bundle, work / "teacher", bundle.model_path("fp32"), samples,
-                               keep_fp=keep_fp)
-    distilled = bundle_with_int8(bundle, work / "student", student_onnx, samples,
-                                 keep_fp=keep_fp)
+    candidates: list[tuple[str, Path]] = []
+    if "int8_openvino" in bundle.files:
+        candidates.append((f"shipped ({bundle.files['int8_openvino']})", args.bundle))
+    for keep_fp in keep_fps:
+        level = mixed_suffix(keep_fp).lstrip("_") or "all-INT8"
+        for role, onnx_path in (("fp32 model", bundle.model_path("fp32")),
+                                ("distilled", student_onnx)):
+            folder = work / f"{role.split()[0]}{mixed_suffix(keep_fp)}"
+            folder.mkdir()
+            built = bundle_with_int8(bundle, folder, onnx_path, samples, keep_fp=keep_fp)
+            candidates.append((f"{role}, {level}", built.root))
 
     names = [v.name for v in holdout]
     reference = predict_all(args.bundle, "openvino", "fp32", holdout, args.threads)
     rows: dict[str, dict[str, Any]] = {}
-    shipped = bundle.files.get("int8_openvino", "none")
-    for label, where in ((f"shipped ({shipped})", args.bundle),
-                         (f"fp32 model, {level}", rebuilt.root),
-                         (f"distilled, {level}", distilled.root)):
-        if label.startswith("shipped") and "int8_openvino" not in bundle.files:
-            continue
+    for label, where in candidates:
         candidate = predict_all(where, "openvino", "int8", holdout, args.threads)
         rep = compare(reference, candidate, bundle.organs, names)
         rows[label] = {"holdout_mean_dice": rep["mean_dice"], "worst_class": rep["worst_class"],
@@ -131,7 +132,7 @@ def main() -> None:
 
     command = " ".join(["python benchmarks/bench_int8_distill.py", str(args.bundle),
                         f"--calib {args.calib}",
-                        f"--holdout {args.holdout}", f"--level {args.level}"]
+                        f"--holdout {args.holdout}"] + [f"--level {level}" for level in levels]
                        + ([f"--vs-nnunet {args.vs_nnunet}"] if args.vs_nnunet else [])
                        + ([f"--source {args.source}"] if args.source else [])
                        + [f"--steps {args.steps}", f"--lr {args.lr}", f"--focus {args.focus}",
@@ -141,7 +142,7 @@ def main() -> None:
              f"{report['patches']} calibration patches in {report['seconds']:.0f} s (weighted "
              f"logit MSE {report['loss_first_tenth']:.5f} in the first tenth of the steps, "
              f"{report['loss_last_tenth']:.5f} in the last). Rebuilt INT8 models: OpenVINO "
-             f"(NNCF, {len(samples)} calibration patches), {level}.", "",
+             f"(NNCF, {len(samples)} calibration patches).", "",
              "| INT8 model | vs fp32, held out (mean / worst) | vs nnU-Net per case | "
              "vs nnU-Net mean |", "|---|---|---|---|"]
     for label, row in rows.items():
@@ -151,8 +152,8 @@ def main() -> None:
                      f"{row['worst_dice']:.3f} | {cases or '-'} | {mean} |")
     text = "\n".join(lines) + "\n"
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"int8_distill_{bundle.name}" + ("" if args.level == "0" else
-                                            f"_level{args.level.replace(',', '_')}")
+    stem = f"int8_distill_{bundle.name}" + ("" if levels == ["0"] else "_level" + "_".join(
+        level.replace(",", "_") for level in levels))
     write_text_atomic(args.output_dir / f"{stem}.md", text)
     write_text_atomic(args.output_dir / f"{stem}.json", json.dumps(
         {"command": command, "match_max_abs_diff": match, "distill": report, "rows": rows},
