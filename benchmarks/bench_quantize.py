@@ -125,6 +125,18 @@ def time_routes(routes: dict[str, Any], inputs: list[list[np.ndarray]], reps: in
     return times
 
 
+def round_speedups(times: dict[str, list[float]], base: str, other: str,
+                   patches: int) -> list[float]:
+    """Per repetition: ``base``'s time over ``other``'s for the same patches in that round.
+
+    Both routes ran within seconds of each other in every round, so a slow spell of a shared
+    machine moves both and their ratio much less than either time.
+    """
+    rounds = len(times[base]) // patches
+    return [sum(times[base][r * patches:(r + 1) * patches])
+            / sum(times[other][r * patches:(r + 1) * patches]) for r in range(rounds)]
+
+
 def agreement(bundle_dir: Path, bundle: Bundle, volumes: list[Volume], threads: int | None
               ) -> dict[str, Any]:
     out = {}
@@ -158,9 +170,13 @@ def render(bundle: Bundle, command: str, lat: dict[str, Any], agree: dict[str, A
     if lat.get("int8_not_shipped"):
         lines += ["", f"INT8 models not shipped in the bundle (below the agreement bar), rebuilt "
                       f"for timing only: {', '.join(lat['int8_not_shipped'])}."]
-    lines += ["", "Speed-ups measured in this run:", ""]
+    lines += ["", "Speed-ups measured in this run (ratio of the medians; in brackets the "
+                  f"same ratio per repetition, over {lat['reps']} rounds: median, min-max):", ""]
     for key, value in lat["ratios"].items():
-        lines.append(f"- {key}: **{value:.2f}x**")
+        spread = lat.get("per_round", {}).get(key)
+        extra = (f" (per round {spread['median']:.2f}x, {spread['min']:.2f}-"
+                 f"{spread['max']:.2f}x)" if spread else "")
+        lines.append(f"- {key}: **{value:.2f}x**{extra}")
     if agree:
         lines += ["", f"Label agreement INT8 vs fp32 (Predictor, whole images, "
                       f"{len(next(iter(agree.values()))['holdout_images'])} held-out phantoms; "
@@ -227,16 +243,20 @@ def main() -> None:
                 "inference_precision": _precision_name(routes[name]),
                 "speedup_vs_fp32": None if "fp32" in name else round(base / ms, 3),
             }
-        ratios = {}
-        f32 = medians["OV fp32 (f32 hint)"]
-        for name in ("OV int8", "OV bf16", "OV int8 (f32 hint)"):
+        pairs = [(name, "OV fp32 (f32 hint)") for name in ("OV int8", "OV bf16",
+                                                             "OV int8 (f32 hint)")]
+        pairs += [("ORT int8 (QDQ)", "ORT fp32"), ("OV fp32 (f32 hint)", "ORT fp32")]
+        ratios, per_round = {}, {}
+        for name, base in pairs:
             if name in medians:
-                ratios[f"{name} vs OV fp32 (f32 hint)"] = f32 / medians[name]
-        if "ORT int8 (QDQ)" in medians:
-            ratios["ORT int8 vs ORT fp32"] = medians["ORT fp32"] / medians["ORT int8 (QDQ)"]
-        ratios["OV fp32 vs ORT fp32"] = medians["ORT fp32"] / f32
+                key = f"{name.replace(' (QDQ)', '')} vs {base}"
+                ratios[key] = round(medians[base] / medians[name], 3)
+                speedups = round_speedups(times, base, name, len(inputs))
+                per_round[key] = {"median": round(statistics.median(speedups), 3),
+                                  "min": round(min(speedups), 3),
+                                  "max": round(max(speedups), 3)}
         lat = {"patches": len(inputs), "reps": args.reps, "routes": rows,
-               "ratios": {k: round(v, 3) for k, v in ratios.items()},
+               "ratios": ratios, "per_round": per_round,
                "int8_not_shipped": sorted(set(timed.files) - shipped)}
         del routes
         shutil.rmtree(work, ignore_errors=True)

@@ -25,9 +25,9 @@ from evaluator.atomic import write_text_atomic  # noqa: E402
 
 def fidelity_table(bundle_dirs: list[Path]) -> str:
     lines = [
-        "| bundle | variant | backend | mean Dice | worst organ | int8/fp32 time (whole case) "
-        "| network speed-up | shipped as |",
-        "|---|---|---|---|---|---|---|---|",
+        "| bundle | variant | backend | quantised from | mean Dice | worst organ "
+        "| int8/fp32 time (whole case) | network speed-up | shipped as |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     notes = []
     for folder in bundle_dirs:
@@ -40,10 +40,17 @@ def fidelity_table(bundle_dirs: list[Path]) -> str:
             f"{len(fidelity.get('calibration_images', []))} images; bar "
             f"{fidelity.get('bar_mean_dice')}"
         )
+        if "distillation" in fidelity:
+            d = fidelity["distillation"]
+            notes.append(f"  - student: {d['steps']} steps on {d['patches']} patches "
+                         f"({d['seconds']:.0f} s), weighted logit MSE {d['loss_first_tenth']:.5f}"
+                         f" -> {d['loss_last_tenth']:.5f}")
         for name, report in fidelity.get("variants", {}).items():
             shipped = report.get("shipped_as", "not shipped") if report["passed"] else "not shipped"
             lines.append(
-                f"| {folder.name} | {name} | {report['backend']} | {report['mean_dice']:.4f} | "
+                # Reports older than --distill carry no "quantised_from": they are fp32's.
+                f"| {folder.name} | {name} | {report['backend']} | "
+                f"{report.get('quantised_from', 'fp32')} | {report['mean_dice']:.4f} | "
                 f"{report['worst_class']} {report['worst_dice']:.4f} | "
                 f"{report['latency_ratio_int8_vs_fp32']} | "
                 f"{report.get('network_speedup_int8_vs_fp32', '')} | "
@@ -60,7 +67,8 @@ def main() -> None:
     text = (
         "# INT8 fidelity of the shipped bundles (as stored by `edgeseg quantize`)\n\n"
         f"Command: `python benchmarks/report_bundle_fidelity.py "
-        f"{' '.join(str(b) for b in args.bundles)}`\n\n" + fidelity_table(args.bundles)
+        f"{' '.join(str(b) for b in args.bundles)}"
+        f"{f' --out {args.out}' if args.out else ''}`\n\n" + fidelity_table(args.bundles)
     )
     print(text)
     if args.out:
