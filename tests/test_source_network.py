@@ -15,7 +15,7 @@ pytest.importorskip("onnx")
 from export_fixtures import make_results_folder, write_ct_image  # noqa: E402
 from test_export_torch import HALOS_KWARGS, ORGANS, halos_weights, spec  # noqa: E402
 
-from edge_seg.bundle import load_bundle  # noqa: E402
+from edge_seg.bundle import Bundle, load_bundle  # noqa: E402
 from edge_seg.errors import EdgesegError  # noqa: E402
 from export.bundle_writer import export_nnunet, export_torch  # noqa: E402
 from export.source_network import check_matches_bundle, source_network  # noqa: E402
@@ -32,13 +32,20 @@ def images(tmp_path: Path) -> list[Path]:
     return [write_ct_image(tmp_path / "images" / "case0_0000.nii.gz", seed=5)]
 
 
-def test_factory_bundle_rebuilds_without_its_spec_file(tmp_path, images) -> None:
+@pytest.fixture()
+def halos_bundle(tmp_path: Path, images: list[Path]) -> tuple[Bundle, Path, Path]:
+    """A HALOS-style network exported with ``module:factory``; (bundle, weights, spec)."""
     weights, _ = halos_weights(tmp_path)
     spec_path = spec(tmp_path, presence_input=ORGANS, presence_output=True,
                      factory_kwargs=HALOS_KWARGS)
     bundle = export_torch(spec_path, tmp_path / "bundle",
                           factory="export.networks.halos_unet:HalosUNet", weights=weights,
                           images=images)
+    return bundle, weights, spec_path
+
+
+def test_factory_bundle_rebuilds_without_its_spec_file(tmp_path, halos_bundle) -> None:
+    bundle, _, spec_path = halos_bundle
     assert bundle.provenance["factory_kwargs"] == HALOS_KWARGS
     spec_path.unlink()  # the kwargs in the provenance are enough
 
@@ -47,13 +54,8 @@ def test_factory_bundle_rebuilds_without_its_spec_file(tmp_path, images) -> None
     assert diff <= 1e-3
 
 
-def test_moved_weights_are_found_through_source(tmp_path, images) -> None:
-    weights, _ = halos_weights(tmp_path)
-    spec_path = spec(tmp_path, presence_input=ORGANS, presence_output=True,
-                     factory_kwargs=HALOS_KWARGS)
-    bundle = export_torch(spec_path, tmp_path / "bundle",
-                          factory="export.networks.halos_unet:HalosUNet", weights=weights,
-                          images=images)
+def test_moved_weights_are_found_through_source(tmp_path, halos_bundle) -> None:
+    bundle, weights, _ = halos_bundle
     moved = weights.rename(tmp_path / "elsewhere.pt")
     with pytest.raises(EdgesegError, match="weights file does not exist"):
         source_network(bundle)
@@ -61,13 +63,8 @@ def test_moved_weights_are_found_through_source(tmp_path, images) -> None:
                                 patch_inputs(bundle, presence=True)) <= 1e-3
 
 
-def test_other_weights_are_not_taken_for_the_bundles_network(tmp_path, images) -> None:
-    weights, _ = halos_weights(tmp_path)
-    spec_path = spec(tmp_path, presence_input=ORGANS, presence_output=True,
-                     factory_kwargs=HALOS_KWARGS)
-    bundle = export_torch(spec_path, tmp_path / "bundle",
-                          factory="export.networks.halos_unet:HalosUNet", weights=weights,
-                          images=images)
+def test_other_weights_are_not_taken_for_the_bundles_network(halos_bundle) -> None:
+    bundle, _, _ = halos_bundle
     network = source_network(bundle)
     with torch.no_grad():  # a retrained checkpoint of the same architecture
         for parameter in network.parameters():
