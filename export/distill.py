@@ -38,6 +38,9 @@ import numpy as np
 
 from edge_seg.bundle import DEFAULT_IO_NAMES, Bundle
 
+#: ``quantised_from`` of an INT8 variant quantised from the student (fidelity report).
+STUDENT_ORIGIN = "distilled student"
+
 
 @dataclass(frozen=True)
 class DistillSettings:

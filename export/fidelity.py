@@ -26,6 +26,7 @@ import numpy as np
 
 from edge_seg.errors import EdgesegError
 from edge_seg.io import Volume
+from export.distill import STUDENT_ORIGIN
 
 if TYPE_CHECKING:
     from edge_seg.backends.base import Session
@@ -189,7 +190,7 @@ def format_report(fidelity: Mapping[str, Any]) -> str:
         )
     distillation = fidelity.get("distillation")
     distilled = [variant for variant, report in fidelity.get("variants", {}).items()
-                 if report.get("quantised_from") == "distilled student"]
+                 if report.get("quantised_from") == STUDENT_ORIGIN]
     if distillation and distilled:
         lines.append(f"{', '.join(distilled)}: quantised from a student distilled for INT8 "
                      f"({distillation['steps']} steps on {distillation['patches']} patches, "

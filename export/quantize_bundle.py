@@ -6,7 +6,9 @@ INT8 candidate through the runtime; keep a variant only if its label agreement m
 and when it does not, try the mixed-precision fallbacks - the first/last convolution in floating
 point, then also the last full-resolution decoder convolution, then the first/last 2 and 3 -,
 then (OpenVINO) NNCF's accuracy-aware quantisation, which reverts the layers that cost
-agreement - and report every attempt. Work happens in a hidden
+agreement - and report every attempt. With ``--distill`` every INT8 model is quantised from a
+student distilled from the bundle's PyTorch network (:func:`distilled_student`) instead of
+from the fp32 model. Work happens in a hidden
 temporary folder inside the bundle; validated files are renamed into place and
 ``edgeseg.json`` is rewritten last, atomically, so an interrupted run leaves the bundle as it
 was.
@@ -27,7 +29,7 @@ from typing import Any
 from edge_seg.bundle import Bundle, load_bundle
 from edge_seg.errors import EdgesegError
 from export.calibration import DEFAULT_PATCHES_PER_IMAGE, list_images, patch_set, read_images
-from export.distill import DistillSettings
+from export.distill import STUDENT_ORIGIN, DistillSettings
 from export.fidelity import (
     AGREEMENT_BAR,
     UNDECIDED_MARGIN,
@@ -219,7 +221,7 @@ def quantize_bundle(
                 candidate: Run = predict_all(work, backend, "int8", holdout_volumes, threads)
                 report = {**compare(reference, candidate, bundle.organs, names, bar),
                           "backend": backend, "file": file_name, "quantization": info,
-                          "quantised_from": "distilled student" if distillation else "fp32"}
+                          "quantised_from": STUDENT_ORIGIN if distillation else "fp32"}
                 variants[variant] = report
                 log(f"{variant}: mean Dice vs fp32 {report['mean_dice']:.4f}, worst "
                     f"{report['worst_dice']:.4f} ({report['worst_class']}), int8/fp32 time "
@@ -262,7 +264,7 @@ def quantize_bundle(
             "holdout_images": names,
             "variants": variants,
         }
-        if distillation is None and any(r.get("quantised_from") == "distilled student"
+        if distillation is None and any(r.get("quantised_from") == STUDENT_ORIGIN
                                         for r in earlier.values()):
             distillation = previous.get("distillation")  # the kept variants' student
         if distillation is not None:
