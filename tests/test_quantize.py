@@ -562,3 +562,17 @@ def test_distillation_without_its_source_network_leaves_the_bundle(exported, tmp
     code, _, err = run_cli(["quantize", str(bundle_dir), "--calib", str(exported["images"]),
                             "--backend", "openvino", "--distill"], capsys)
     assert code == 2 and "pass --distill-source" in err and err.count("\n") == 1
+
+
+def test_distill_without_torch_names_the_extra(exported) -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None  # as if PyTorch were not installed\n"
+        "from edge_seg.cli import main\n"
+        f"main(['quantize', {str(exported['bundle'])!r}, '--calib', "
+        f"{str(exported['images'])!r}, '--distill'])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "'export' extra" in result.stderr and "torch is not installed" in result.stderr
+    assert result.stderr.count("\n") == 1
