@@ -28,7 +28,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -101,6 +103,7 @@ def main() -> None:
     settings = DistillSettings(args.steps, args.lr, args.focus,
                                patches_per_image=args.distill_patches_per_image)
     work = Path(tempfile.mkdtemp(prefix="bench_distill_"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # holds links to bundle files
     student_onnx, report = distilled_student(bundle, calib, samples, work, settings,
                                              args.source, lambda line: print(line, flush=True))
     match = report["source_max_abs_diff"]

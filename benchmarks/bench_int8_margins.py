@@ -29,7 +29,9 @@ the held-out phantoms of the bundles' fidelity report (``build_reference_bundles
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -122,14 +124,16 @@ def main() -> None:
     parser.add_argument("--output-dir", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
     bundle = load_bundle(args.bundle)
+    # Rebuilt models (hard links to the bundle's files among them) and phantoms go when we do.
+    scratch = Path(tempfile.mkdtemp(prefix="bench_margins_"))
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
     if args.requantize is not None:
         if args.calib is None:
             parser.error("--requantize needs --calib")
+        (scratch / "int8").mkdir()
         bundle = requantized_bundle(bundle, args.requantize, args.calib,
-                                    args.patches_per_image,
-                                    Path(tempfile.mkdtemp(prefix="bench_margins_int8_")))
-    folder = args.images or write_phantoms(
-        args.phantoms, args.cases, Path(tempfile.mkdtemp(prefix="bench_margins_")))
+                                    args.patches_per_image, scratch / "int8")
+    folder = args.images or write_phantoms(args.phantoms, args.cases, scratch / "phantoms")
     volumes, problems = read_images(list_images(folder), folder)
     if problems:
         raise SystemExit("; ".join(problems))
