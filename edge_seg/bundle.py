@@ -111,6 +111,18 @@ class Bundle:
         """Labels without background."""
         return {name: value for name, value in self.labels.items() if value != 0}
 
+    @property
+    def graph_inputs(self) -> list[str]:
+        """The model graph's input names in call order: image, then presence if it has one."""
+        io = {**DEFAULT_IO_NAMES, **self.io_names}
+        return [io["image"]] + ([io["presence"]] if self.presence_input else [])
+
+    @property
+    def graph_outputs(self) -> list[str]:
+        """The model graph's output names: logits, then presence logits if it has a head."""
+        io = {**DEFAULT_IO_NAMES, **self.io_names}
+        return [io["logits"]] + ([io["presence_logits"]] if self.presence_output else [])
+
     def model_path(self, precision: str) -> Path:
         """Absolute path of the model file for ``precision`` (raises if the bundle lacks it)."""
         if precision not in self.files:

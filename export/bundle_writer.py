@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_seg.bundle import DEFAULT_IO_NAMES, Bundle, load_bundle
+from edge_seg.bundle import Bundle, load_bundle
 from edge_seg.errors import EdgesegError
 from evaluator.atomic import atomic_dir
 from evaluator.labels import canonical_organ_name
@@ -197,9 +197,7 @@ def write_bundle(
     if norm not in NORM_CHOICES:
         raise EdgesegError(f"--onnx-norm {norm}: expected one of {', '.join(NORM_CHOICES)}")
     out = check_output_folder(out)
-    io = {**DEFAULT_IO_NAMES, **bundle.io_names}
-    input_names = [io["image"]] + ([io["presence"]] if bundle.presence_input else [])
-    output_names = [io["logits"]] + ([io["presence_logits"]] if bundle.presence_output else [])
+    input_names, output_names = bundle.graph_inputs, bundle.graph_outputs
     if len(validation_inputs) != len(input_names):
         raise EdgesegError(
             f"validation inputs: got {len(validation_inputs)} arrays for inputs {input_names}"

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_seg.bundle import DEFAULT_IO_NAMES, Bundle
+from edge_seg.bundle import Bundle
 
 #: ``quantised_from`` of an INT8 variant quantised from the student (fidelity report).
 STUDENT_ORIGIN = "distilled student"
@@ -224,7 +224,4 @@ def export_student(bundle: Bundle, student: Any, sample: Sequence[np.ndarray],
     """Write the student as ONNX with the bundle's input and output names; return ``path``."""
     from export.onnx_export import export_onnx
 
-    io = {**DEFAULT_IO_NAMES, **bundle.io_names}
-    inputs = (io["image"],) + ((io["presence"],) if bundle.presence_input else ())
-    outputs = (io["logits"],) + ((io["presence_logits"],) if bundle.presence_output else ())
-    return export_onnx(student, sample, path, inputs, outputs)
+    return export_onnx(student, sample, path, bundle.graph_inputs, bundle.graph_outputs)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_seg.bundle import DEFAULT_IO_NAMES, Bundle
+from edge_seg.bundle import Bundle
 from edge_seg.errors import EdgesegError
 
 # The export check's tolerance (relative to the output range), widened for the float
@@ -76,36 +76,21 @@ def _factory_network(provenance: dict[str, Any], source: str | Path | None,
     return network
 
 
-def network_outputs(network: Any, inputs: Sequence[np.ndarray]) -> np.ndarray:
-    """The network's segmentation logits for one input as a NumPy array (no gradients)."""
-    import torch
-
-    with torch.no_grad():
-        output = network(*[torch.from_numpy(np.ascontiguousarray(a)) for a in inputs])
-    logits = output[0] if isinstance(output, (tuple, list)) else output
-    return logits.numpy()
-
-
 def check_matches_bundle(network: Any, bundle: Bundle, inputs: Sequence[np.ndarray]) -> float:
     """Max abs logit difference between ``network`` and the bundle's fp32 ONNX on ``inputs``.
 
-    Raises :class:`EdgesegError` when it exceeds :data:`MATCH_TOLERANCE` x the output range.
+    Every output is compared, as at export (:func:`export.onnx_export.compare_with_torch`);
+    raises :class:`EdgesegError` when one differs by more than :data:`MATCH_TOLERANCE` x its
+    range.
     """
-    import onnxruntime as ort
+    from export.onnx_export import compare_with_torch
 
-    session = ort.InferenceSession(str(bundle.model_path("fp32")),
-                                   providers=["CPUExecutionProvider"])
-    io = {**DEFAULT_IO_NAMES, **bundle.io_names}
-    names = [io["image"]] + ([io["presence"]] if len(inputs) > 1 else [])
-    expected = session.run([io["logits"]], dict(zip(names, inputs, strict=True)))[0]
-    found = network_outputs(network, inputs)
-    if found.shape != expected.shape:
-        raise EdgesegError(f"{bundle.name}: the source network gives logits of shape "
-                           f"{found.shape}, the bundle's model {expected.shape}")
-    diff = float(np.abs(found - expected).max())
-    allowed = MATCH_TOLERANCE * max(1.0, float(np.abs(expected).max()))
-    if diff > allowed:
-        raise EdgesegError(f"{bundle.name}: the source network is not the bundle's model (max "
-                           f"abs logit difference {diff:.3g} > {allowed:.3g}); wrong fold or "
-                           "checkpoint?")
-    return diff
+    diffs, scales = compare_with_torch(network, bundle.model_path("fp32"), inputs,
+                                       bundle.graph_inputs, bundle.graph_outputs)
+    for name, diff in diffs.items():
+        allowed = MATCH_TOLERANCE * max(1.0, scales[name])
+        if not np.isfinite(diff) or diff > allowed:
+            raise EdgesegError(f"{bundle.name}: the source network is not the bundle's model "
+                               f"(max abs '{name}' difference {diff:.3g} > {allowed:.3g}); "
+                               "wrong fold or checkpoint?")
+    return diffs[bundle.graph_outputs[0]]
