@@ -128,23 +128,17 @@ def fp32_undecided_shares(bundle_dir: Path, backend: str, volumes: Sequence[Volu
     """
     from edge_seg.backends.base import open_session
     from edge_seg.bundle import load_bundle
-    from export.margins import top_two_margin
+    from export.margins import MarginTally
 
     bundle = load_bundle(bundle_dir)
     session = open_session(bundle, backend, "fp32", threads,
                            "f32" if backend == "openvino" else None)
-    voxels = dict.fromkeys(bundle.organs, 0)
-    undecided = dict.fromkeys(bundle.organs, 0)
+    tally = MarginTally(bundle.organs, (margin,))
     for volume in volumes:
         logits = network_logits(bundle, session, volume, threads)
-        labels = logits.argmax(axis=0)
-        close = top_two_margin(logits) < margin
-        for name, value in bundle.organs.items():
-            mine = labels == value
-            voxels[name] += int(mine.sum())
-            undecided[name] += int((mine & close).sum())
-    return {name: (undecided[name] / voxels[name] if voxels[name] else None)
-            for name in bundle.organs}
+        tally.add(logits, logits)  # fp32 against itself: only its own margins are counted
+    return {name: (entry.share_below(margin) if entry.voxels else None)
+            for name, entry in tally.classes.items()}
 
 
 def compare(reference: Run, candidate: Run, organs: Mapping[str, int],
