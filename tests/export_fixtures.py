@@ -8,6 +8,8 @@ a trained model.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -95,3 +97,11 @@ def write_ct_image(path: Path, seed: int, shape: tuple[int, int, int] = (20, 40,
     path.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(itk, str(path))
     return path
+
+
+def cli_without(module: str, args: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run ``edgeseg ARGS`` in a fresh interpreter where ``module`` cannot be imported (as if
+    the extra that brings it were not installed)."""
+    code = (f"import sys\nsys.modules[{module!r}] = None\n"
+            f"from edge_seg.cli import main\nmain({args!r})\n")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

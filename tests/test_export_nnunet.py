@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
-import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from export_fixtures import (  # noqa: E402
     TINY_LABELS,
     TINY_PATCH,
     TINY_SPACING,
+    cli_without,
     make_results_folder,
     write_ct_image,
 )
@@ -216,14 +215,8 @@ def test_untrusted_pickle_is_refused_unless_trusted(workspace, capsys, tmp_path)
 
 
 def test_export_without_torch_names_the_extra(workspace, tmp_path) -> None:
-    code = (
-        "import sys\n"
-        "sys.modules['torch'] = None  # as if the export extra were not installed\n"
-        "from edge_seg.cli import main\n"
-        f"main(['export', 'nnunet', {str(workspace['results'])!r}, '-o', "
-        f"{str(tmp_path / 'b')!r}])\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = cli_without("torch", ["export", "nnunet", str(workspace["results"]), "-o",
+                                   str(tmp_path / "b")])
     assert result.returncode == 2
     assert "'export' extra" in result.stderr and "torch" in result.stderr
     assert "Traceback" not in result.stderr

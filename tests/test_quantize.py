@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +12,7 @@ pytest.importorskip("torch")
 pytest.importorskip("nncf")
 pytest.importorskip("dynamic_network_architectures")
 
-from export_fixtures import make_results_folder, write_ct_image
+from export_fixtures import cli_without, make_results_folder, write_ct_image
 
 from edge_seg.bundle import load_bundle
 from edge_seg.cli import main
@@ -227,14 +225,8 @@ def test_bad_calibration_input_leaves_bundle_untouched(exported, tmp_path, capsy
 
 
 def test_quantize_without_nncf_names_the_extra(exported, tmp_path) -> None:
-    code = (
-        "import sys\n"
-        "sys.modules['nncf'] = None  # as if the export extra were not installed\n"
-        "from edge_seg.cli import main\n"
-        f"main(['quantize', {str(exported['bundle'])!r}, '--calib', "
-        f"{str(exported['images'])!r}])\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = cli_without("nncf", ["quantize", str(exported["bundle"]), "--calib",
+                                  str(exported["images"])])
     assert result.returncode == 2
     assert "'export' extra" in result.stderr and "nncf" in result.stderr
 
@@ -565,14 +557,8 @@ def test_distillation_without_its_source_network_leaves_the_bundle(exported, tmp
 
 
 def test_distill_without_torch_names_the_extra(exported) -> None:
-    code = (
-        "import sys\n"
-        "sys.modules['torch'] = None  # as if PyTorch were not installed\n"
-        "from edge_seg.cli import main\n"
-        f"main(['quantize', {str(exported['bundle'])!r}, '--calib', "
-        f"{str(exported['images'])!r}, '--distill'])\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = cli_without("torch", ["quantize", str(exported["bundle"]), "--calib",
+                                   str(exported["images"]), "--distill"])
     assert result.returncode == 2
     assert "'export' extra" in result.stderr and "torch is not installed" in result.stderr
     assert result.stderr.count("\n") == 1
