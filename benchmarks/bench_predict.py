@@ -2,7 +2,8 @@
 
 A 512x512x300 synthetic CT (0.8 x 0.8 x 2.5 mm) is segmented in a fresh process per run, timed
 from process start until the label map is written, memory sampled every 0.1 s over the whole
-process tree (edge_seg.profiling, FLARE's method). Rows: the INT8 model, the fp32 model with
+process tree (edge_seg.profiling, FLARE's method). Rows: the INT8 model (its float layers in
+f32, as the runtime runs it, and with no hint: the plugin's own choice), the fp32 model with
 OpenVINO's f32 precision hint, with the bf16 hint, and with no hint at all (what a plain
 OpenVINO user gets: bf16 on CPUs with AMX), ONNX Runtime fp32/int8, the ``edgeseg predict`` CLI
 itself, and the I/O floor (read + write alone). Processes are pinned to 2 cores where the
@@ -42,6 +43,7 @@ CORES = 2
 CONFIGS = [
     ("openvino int8", "openvino", "int8", None, None),
     ("openvino int8 (1 stream)", "openvino", "int8", None, 1),
+    ("openvino int8 (no hint)", "openvino", "int8", "default", None),
     ("openvino fp32 (f32 hint)", "openvino", "fp32", None, None),
     ("openvino bf16 (bf16 hint)", "openvino", "bf16", None, None),
     ("openvino fp32 (no hint)", "openvino", "fp32", "default", None),

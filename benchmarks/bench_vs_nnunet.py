@@ -16,13 +16,14 @@ organ between edgeseg's and nnU-Net's label maps (organs present in either), ave
 Usage::
 
     python benchmarks/bench_vs_nnunet.py [--results reference_models/nnunet_results]
-        [--model edge_seg/models/flare_ct_plain] [--cases 3]
+        [--model edge_seg/models/flare_ct_plain] [--cases 3] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 from pathlib import Path
 
@@ -44,6 +45,7 @@ from edge_seg.profiling import run_monitored  # noqa: E402
 from evaluator.atomic import write_text_atomic  # noqa: E402
 
 SEED = 8000
+REFERENCE_LABEL = "nnU-Net v2 (nnUNetv2_predict, fp32)"
 
 
 def write_cases(folder: Path, count: int, matrix: int) -> list[str]:
@@ -103,6 +105,10 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "predict_vs_nnunet.md"
     )
+    parser.add_argument(
+        "--repeats", type=int, default=1,
+        help="runs of every predictor, interleaved; the table gives the median time",
+    )
     parser.add_argument("--note", default="", help="model description for the table")
     args = parser.parse_args()
 
@@ -115,50 +121,38 @@ def main() -> None:
         nnUNet_preprocessed=str(args.work / "pre"),
     )
     bin_dir = Path(sys.executable).parent
-    runs: dict[str, tuple[Path, float, float]] = {}
-
-    def timed(label: str, argv: list[str], out: Path) -> None:
-        if out.exists():
-            for stale in out.iterdir():
-                stale.unlink()
-        result = run_monitored(pinned(argv), env=env, time_limit_s=7200)
-        if not result.ok:
-            raise SystemExit(f"{label} failed: {result.stderr_tail}")
-        runs[label] = (out, result.time_s, result.peak_rss_mb)
-        print(f"{label}: {result.time_s:.1f} s, peak {result.peak_rss_mb:.0f} MB", flush=True)
-
-    timed(
-        "nnU-Net v2 (nnUNetv2_predict, fp32)",
-        [
-            str(bin_dir / "nnUNetv2_predict"),
-            "-i",
-            str(images),
-            "-o",
-            str(args.work / "nnunet"),
-            "-d",
-            args.dataset,
-            "-c",
-            "3d_fullres",
-            "-f",
-            "0",
-            "-device",
-            "cpu",
-            "--disable_tta",
-        ],
-        args.work / "nnunet",
-    )
+    jobs: dict[str, tuple[list[str], Path]] = {
+        REFERENCE_LABEL: (
+            [
+                str(bin_dir / "nnUNetv2_predict"),
+                "-i",
+                str(images),
+                "-o",
+                str(args.work / "nnunet"),
+                "-d",
+                args.dataset,
+                "-c",
+                "3d_fullres",
+                "-f",
+                "0",
+                "-device",
+                "cpu",
+                "--disable_tta",
+            ],
+            args.work / "nnunet",
+        )
+    }
     edgeseg = [sys.executable, "-m", "edge_seg", "predict", str(images)]
     from edge_seg.backends.base import choose_model
     from edge_seg.bundle import load_bundle
     from edge_seg.errors import EdgesegError
 
     bundle = load_bundle(args.model)
-    missing = []
     for precision in ("fp32", "int8"):
         try:
             choose_model(bundle, "openvino", precision)
         except EdgesegError as exc:
-            missing.append(f"{precision}: {exc}")
+            print(f"skipped {precision}: {exc}", flush=True)
             continue
         for label, extra in (
             ("default", []),
@@ -166,24 +160,32 @@ def main() -> None:
             ("exact", ["--crop", "none", "--no-lcc"]),
         ):
             out = args.work / f"edgeseg_{precision}_{label.replace(', ', '_').replace(' ', '_')}"
-            timed(
-                f"edgeseg {precision}, {label}",
-                [
-                    *edgeseg,
-                    str(out),
-                    "--model",
-                    str(args.model),
-                    "--precision",
-                    precision,
-                    "--threads",
-                    "2",
-                    "-q",
-                    *extra,
-                ],
-                out,
-            )
+            argv = [*edgeseg, str(out), "--model", str(args.model), "--precision", precision,
+                    "--threads", "2", "-q", *extra]
+            jobs[f"edgeseg {precision}, {label}"] = (argv, out)
 
-    reference_label = "nnU-Net v2 (nnUNetv2_predict, fp32)"
+    times: dict[str, list[float]] = {label: [] for label in jobs}
+    peaks: dict[str, list[float]] = {label: [] for label in jobs}
+    order = list(jobs)
+    for round_index in range(args.repeats):
+        # Rotate the order each round so that drift of the shared machine hits all alike.
+        shift = round_index % len(order)
+        for label in order[shift:] + order[:shift]:
+            argv, out = jobs[label]
+            if out.exists():
+                for stale in out.iterdir():
+                    stale.unlink()
+            result = run_monitored(pinned(argv), env=env, time_limit_s=7200)
+            if not result.ok:
+                raise SystemExit(f"{label} failed: {result.stderr_tail}")
+            times[label].append(result.time_s)
+            peaks[label].append(result.peak_rss_mb)
+            print(f"round {round_index + 1}/{args.repeats} {label}: {result.time_s:.1f} s, "
+                  f"peak {result.peak_rss_mb:.0f} MB", flush=True)
+    runs = {label: (jobs[label][1], statistics.median(times[label]), max(peaks[label]))
+            for label in jobs}
+
+    reference_label = REFERENCE_LABEL
     _, nn_time, _ = runs[reference_label]
     lines = [
         "# edgeseg vs nnU-Net v2's predictor (same checkpoint, same cases, 2 cores)",
@@ -200,7 +202,10 @@ def main() -> None:
         f"to 2 cores; nnU-Net: `nnUNetv2_predict -d {args.dataset} -c 3d_fullres -f 0 -device cpu "
         "--disable_tta`. `default` = edgeseg's defaults (`--crop auto`, LCC); `crop auto, no "
         "LCC` = `--no-lcc` (nnU-Net applies no LCC either); `exact` = "
-        "`--crop none --no-lcc`. Agreement = per-case mean over organs of Dice(edgeseg, nnU-Net).",
+        "`--crop none --no-lcc`. Agreement = per-case mean over organs of Dice(edgeseg, nnU-Net)."
+        + (f" Times: median of {args.repeats} runs of each predictor, rounds interleaved (the "
+           "order rotating), min-max in brackets; peak RSS: the largest." if args.repeats > 1
+           else ""),
         "",
         "| predictor | total s | s per case | speed-up vs nnU-Net | peak RSS MB "
         "| agreement mean | agreement min |",
@@ -212,8 +217,10 @@ def main() -> None:
         else:
             scores = agreement(out, runs[reference_label][0], names)
             agree = f"{np.mean(scores):.4f}", f"{min(scores):.4f}"
+        spread = (f" ({min(times[label]):.1f}-{max(times[label]):.1f})"
+                  if args.repeats > 1 else "")
         lines.append(
-            f"| {label} | {seconds:.1f} | {seconds / args.cases:.1f} "
+            f"| {label} | {seconds:.1f}{spread} | {seconds / args.cases:.1f} "
             f"| {nn_time / seconds:.1f}x | {peak:.0f} | {agree[0]} | {agree[1]} |"
         )
     lines += ["", "Targets (issue 5): >= 10x faster; agreement >= 0.99 (fp32), >= 0.98 (INT8).", ""]

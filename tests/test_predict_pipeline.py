@@ -83,6 +83,26 @@ def test_dynamic_and_static_bundles_label_the_same(
     assert set(np.unique(static)) == {0, 1, 2, 3}
 
 
+@pytest.fixture(scope="module")
+def int8_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_bundle(tmp_path_factory.mktemp("int8"), int8=True,
+                       validated=("fp32", "int8_openvino"))
+
+
+def test_int8_runs_its_float_layers_in_f32_unless_overridden(int8_bundle: Path) -> None:
+    import openvino as ov
+
+    # On a CPU with bf16 (AMX, AVX-512 BF16) the plugin's default would be bf16: the layers an
+    # INT8 model keeps in float must run as `edgeseg quantize` validated them, in f32.
+    for precision in ("int8", "auto"):
+        session = Predictor(int8_bundle, PredictOptions(precision=precision, threads=1)).session
+        assert session.choice.file_key == "int8_openvino"
+        assert session.inference_precision == str(ov.Type.f32)
+    plugin_default = str(ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT"))
+    options = PredictOptions(precision="int8", openvino_precision_hint="default", threads=1)
+    assert Predictor(int8_bundle, options).session.inference_precision == plugin_default
+
+
 def test_precision_hint_override_reaches_openvino(static_bundle: Path) -> None:
     import openvino as ov
 
