@@ -134,12 +134,12 @@ def distilled_student(
 ) -> tuple[Path, dict[str, Any]]:
     """Distil a student from the bundle's PyTorch network; return its ONNX path and report."""
     from export.distill import distill_for_int8, export_student
-    from export.source_network import check_matches_bundle, source_network
+    from export.source_network import SourceMissingError, check_matches_bundle, source_network
 
     try:
         network = source_network(bundle, source)
-    except EdgesegError as exc:
-        if source is not None or "does not exist" not in str(exc):
+    except SourceMissingError as exc:
+        if source is not None:
             raise
         raise EdgesegError(f"{exc}; pass --distill-source with where the bundle's source "
                            "network is now") from exc

@@ -29,6 +29,11 @@ from edge_seg.errors import EdgesegError
 MATCH_TOLERANCE = 5e-3
 
 
+class SourceMissingError(EdgesegError):
+    """The results folder or weights file that a bundle's provenance records is not on disk
+    (the bundle was moved or the training output deleted); ``source`` can point elsewhere."""
+
+
 def source_network(bundle: Bundle, source: str | Path | None = None,
                    trust_checkpoint: bool = False) -> Any:
     """The bundle's PyTorch network in eval mode, rebuilt from its provenance (or ``source``)."""
@@ -54,6 +59,8 @@ def _nnunet_network(provenance: dict[str, Any], source: str | Path | None,
         raise EdgesegError(f"the bundle is an ensemble of folds {', '.join(folds)}; "
                            "distillation trains one network")
     folder = Path(source or provenance.get("results_folder", ""))
+    if not folder.is_dir():
+        raise SourceMissingError(f"{folder}: nnU-Net results folder does not exist")
     recorded = provenance.get("checkpoints") or [{}]
     checkpoint = Path(recorded[0].get("path", DEFAULT_CHECKPOINT)).name
     results = read_results(folder, folds, checkpoint, trust_checkpoint,
@@ -71,7 +78,7 @@ def _factory_network(provenance: dict[str, Any], source: str | Path | None,
         spec = read_spec(provenance.get("spec", ""))
     weights = Path(source or provenance.get("weights", ""))
     if not weights.is_file():
-        raise EdgesegError(f"{weights}: weights file does not exist (give the source's path)")
+        raise SourceMissingError(f"{weights}: weights file does not exist")
     network, _ = load_factory_network(provenance["factory"], weights, spec, trust_checkpoint)
     return network
 

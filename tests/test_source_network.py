@@ -18,7 +18,11 @@ from test_export_torch import HALOS_KWARGS, ORGANS, halos_weights, spec  # noqa:
 from edge_seg.bundle import Bundle, load_bundle  # noqa: E402
 from edge_seg.errors import EdgesegError  # noqa: E402
 from export.bundle_writer import export_nnunet, export_torch  # noqa: E402
-from export.source_network import check_matches_bundle, source_network  # noqa: E402
+from export.source_network import (  # noqa: E402
+    SourceMissingError,
+    check_matches_bundle,
+    source_network,
+)
 
 
 def patch_inputs(bundle, presence: bool) -> list[np.ndarray]:
@@ -57,7 +61,7 @@ def test_factory_bundle_rebuilds_without_its_spec_file(tmp_path, halos_bundle) -
 def test_moved_weights_are_found_through_source(tmp_path, halos_bundle) -> None:
     bundle, weights, _ = halos_bundle
     moved = weights.rename(tmp_path / "elsewhere.pt")
-    with pytest.raises(EdgesegError, match="weights file does not exist"):
+    with pytest.raises(SourceMissingError, match="weights file does not exist"):
         source_network(bundle)
     assert check_matches_bundle(source_network(bundle, moved), bundle,
                                 patch_inputs(bundle, presence=True)) <= 1e-3
@@ -81,7 +85,7 @@ def test_nnunet_bundle_rebuilds_its_fold(tmp_path, images) -> None:
 
     moved = tmp_path / "moved_results"
     shutil.move(results, moved)
-    with pytest.raises(EdgesegError, match="results folder does not exist"):
+    with pytest.raises(SourceMissingError, match="results folder does not exist"):
         source_network(bundle)
     assert check_matches_bundle(source_network(bundle, moved), bundle,
                                 patch_inputs(bundle, presence=False)) <= 1e-3
