@@ -27,7 +27,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-COMMAND_MODULES = ("synth", "predict", "evaluate", "benchmark", "export", "quantize")
+COMMAND_MODULES = ("synth", "predict", "evaluate", "benchmark", "export", "quantize", "verify")
 
 
 def _register_commands() -> None:

@@ -170,6 +170,69 @@ def compare(reference: Run, candidate: Run, organs: Mapping[str, int],
     }
 
 
+#: Bundle file key of each INT8 model and the backend it was validated on.
+INT8_BACKENDS = {"int8_openvino": "openvino", "int8_onnx": "onnxruntime"}
+
+
+def recheck_bundle(bundle_dir: Path, volumes: Sequence[Volume], threads: int | None = None,
+                   bar: float = AGREEMENT_BAR) -> dict[str, dict[str, Any]]:
+    """Measure every shipped INT8 model of a bundle against its fp32 model on this CPU.
+
+    The stored report was measured on the CPU that ran ``edgeseg quantize``. INT8 kernels
+    differ between CPUs (with VNNI or without, with bf16 or without), so the same model can
+    agree differently elsewhere: the plain reference model agrees 0.978 with nnU-Net on an
+    AVX2 CPU and 0.981 on an AVX-512 VNNI one. Nothing in the bundle changes.
+
+    Returns
+    -------
+    dict
+        Per shipped INT8 file key, the :func:`compare` report on ``volumes``, plus
+        ``variant`` (the stored variant that shipped in that file, e.g. a mixed level) and
+        ``stored_mean_dice`` (its quantise-time figure; None if the report lacks it).
+    """
+    from edge_seg.bundle import load_bundle
+
+    bundle = load_bundle(bundle_dir)
+    shipped = [key for key in INT8_BACKENDS
+               if key in bundle.files and key in bundle.validated_precisions]
+    if not shipped:
+        raise EdgesegError(f"{bundle_dir}: the bundle ships no validated INT8 model to check")
+    names = [volume.name for volume in volumes]
+    reports = {}
+    for key in shipped:
+        backend = INT8_BACKENDS[key]
+        reference = predict_all(bundle_dir, backend, "fp32", volumes, threads)
+        candidate = predict_all(bundle_dir, backend, "int8", volumes, threads)
+        stored = {name: variant for name, variant in
+                  bundle.fidelity.get("variants", {}).items()
+                  if variant.get("file") == bundle.files[key]}
+        name, report = next(iter(stored.items()), (key, {}))
+        reports[key] = {**compare(reference, candidate, bundle.organs, names, bar),
+                        "variant": name, "stored_mean_dice": report.get("mean_dice")}
+    return reports
+
+
+def format_recheck(reports: Mapping[str, Mapping[str, Any]],
+                   stored: Mapping[str, Any]) -> str:
+    """Plain-text table of :func:`recheck_bundle`, with the bundle's stored figures."""
+    lines = [f"{'model':<14} {'variant':<24} {'mean Dice':>9} {'worst (class)':>26} "
+             f"{'int8/fp32 time':>15} {'stored':>7}  meets bar here"]
+    for key, report in reports.items():
+        worst = f"{report['worst_dice']:.4f} ({report['worst_class']})"
+        ratio = report.get("latency_ratio_int8_vs_fp32")
+        before = report.get("stored_mean_dice")
+        lines.append(
+            f"{key:<14} {report['variant']:<24} {report['mean_dice']:>9.4f} {worst:>26} "
+            f"{'-' if ratio is None else f'{ratio:.2f}':>15} "
+            f"{'-' if before is None else f'{before:.4f}':>7}  "
+            f"{'yes' if report['passed'] else 'NO (below ' + str(report['bar']) + ')'}"
+        )
+    if stored.get("measured_at") or stored.get("cpu"):
+        lines.append(f"stored: measured by edgeseg quantize on {stored.get('cpu', '?')}, "
+                     f"{stored.get('measured_at', '?')}")
+    return "\n".join(lines)
+
+
 def format_report(fidelity: Mapping[str, Any]) -> str:
     """Plain-text table of a bundle's fidelity section (printed by ``edgeseg quantize``)."""
     lines = [f"{'variant':<22} {'mean Dice':>9} {'worst (class)':>26} {'int8/fp32 time':>15}  "

@@ -1,0 +1,42 @@
+"""``edgeseg verify BUNDLE IMAGES``: check a bundle's INT8 models on this CPU.
+
+``edgeseg quantize`` validates INT8 on the CPU it runs on; this command re-measures the
+shipped INT8 models against the bundle's fp32 model on another machine, with the runtime only
+(no export extra), and exits 1 if one falls below the bar there. The bundle is only read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("verify")
+    def verify(
+        bundle: Path = typer.Argument(..., help="Model bundle folder."),
+        images: Path = typer.Argument(
+            ..., help="Folder of images not used for calibration (NIfTI, MHA/NRRD, DICOM)."
+        ),
+        bar: float = typer.Option(
+            0.98, "--bar", min=0.0, max=1.0,
+            help="Mean per-organ Dice (INT8 vs fp32) each INT8 model must reach here."
+        ),
+        threads: int | None = typer.Option(None, "--threads", help="Inference threads."),
+    ) -> None:
+        """Re-measure the bundle's INT8 models against its fp32 model on this CPU."""
+        from edge_seg.bundle import load_bundle
+        from export.calibration import list_images, read_images
+        from export.fidelity import format_recheck, recheck_bundle
+
+        stored = load_bundle(bundle).fidelity
+        paths = list_images(images)
+        volumes, problems = read_images(paths, images)
+        for problem in problems:
+            typer.echo(f"skipped: {problem}", err=True)
+        reports = recheck_bundle(bundle, volumes, threads, bar)
+        typer.echo(f"{len(volumes)} images from {images}")
+        typer.echo(format_recheck(reports, stored))
+        if not all(report["passed"] for report in reports.values()):
+            raise typer.Exit(code=1)
