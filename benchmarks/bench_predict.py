@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -32,6 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from edge_seg.host import cpu_description  # noqa: E402
 from edge_seg.profiling import run_monitored  # noqa: E402
 from evaluator.atomic import write_text_atomic  # noqa: E402
 
@@ -312,28 +312,6 @@ def main() -> None:
     lines += ["", "Targets (issue 5): int8 median <= 5 s, peak RSS <= 1500 MB.", ""]
     write_text_atomic(args.out, "\n".join(lines))
     print("\n".join(lines))
-
-
-def cpu_description() -> str:
-    """CPU model and the instruction sets that decide OpenVINO's speed, for result tables.
-
-    The same scripts run on Intel CPUs with AMX (OpenVINO then runs float layers in bf16) and
-    on AVX2-only CPUs (no bf16, INT8 without VNNI); a figure means little without this line.
-    """
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
-    except OSError:
-        pass
-    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile")
-           if f in flags]
-    return f"{model}, {os.cpu_count()} logical CPUs, ISA: {' '.join(isa) or 'unknown'}"
 
 
 def command_line() -> str:

@@ -7,7 +7,8 @@ JSON schema (``benchmark.json``, ``schema_version`` 1)
 ------------------------------------------------------
 ``schema`` : ``"edgeseg-benchmark"``; ``schema_version`` : 1
 ``created_utc`` : ISO 8601 time; ``edgeseg_version`` : str
-``host`` : ``{"platform", "python", "cpu_count_logical", "cpu_count_physical", "memory_mb"}``
+``host`` : ``{"platform", "cpu", "python", "cpu_count_logical", "cpu_count_physical",
+    "memory_mb"}`` (``cpu``: model and decisive instruction sets, :mod:`edge_seg.host`)
 ``settings`` : time limit (s), memory limit (MiB or null), sampling interval (s), model folder,
     cases and ground-truth folders, the predict options of the base configuration.
 ``reference_workload`` : ``{"times_s": [...], "median_s": float | null}`` - a fixed
@@ -47,6 +48,7 @@ from typing import Any
 import psutil
 
 from edge_seg.benchmark import BenchmarkRun, compare_to_first, summarise
+from edge_seg.host import cpu_description
 from evaluator.atomic import atomic_path, write_text_atomic
 
 SCHEMA = "edgeseg-benchmark"
@@ -62,6 +64,7 @@ CSV_COLUMNS = (
 def _host() -> dict[str, Any]:
     return {
         "platform": platform.platform(),
+        "cpu": cpu_description(),
         "python": sys.version.split()[0],
         "cpu_count_logical": psutil.cpu_count(),
         "cpu_count_physical": psutil.cpu_count(logical=False),

@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
-import platform
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -28,6 +27,7 @@ from typing import Any
 
 from edge_seg.bundle import Bundle, load_bundle
 from edge_seg.errors import EdgesegError
+from edge_seg.host import cpu_description
 from export.calibration import DEFAULT_PATCHES_PER_IMAGE, list_images, patch_set, read_images
 from export.distill import STUDENT_ORIGIN, DistillSettings
 from export.fidelity import (
@@ -257,7 +257,7 @@ def quantize_bundle(
         bundle.fidelity = {
             "bar_mean_dice": bar,
             "measured_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "cpu": platform.processor() or platform.machine(),
+            "cpu": cpu_description(),
             "split": split_note,
             "calibration_images": [v.name for v in calib_volumes],
             "calibration_patches": len(patches.inputs),

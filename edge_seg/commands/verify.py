@@ -36,7 +36,9 @@ def register(app: typer.Typer) -> None:
         for problem in problems:
             typer.echo(f"skipped: {problem}", err=True)
         reports = recheck_bundle(bundle, volumes, threads, bar)
-        typer.echo(f"{len(volumes)} images from {images}")
+        from edge_seg.host import cpu_description
+
+        typer.echo(f"{len(volumes)} images from {images}; this CPU: {cpu_description()}")
         typer.echo(format_recheck(reports, stored))
         if not all(report["passed"] for report in reports.values()):
             raise typer.Exit(code=1)
