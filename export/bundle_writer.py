@@ -10,6 +10,7 @@ temporary folder and renamed into place, so a failed export leaves nothing behin
 from __future__ import annotations
 
 import datetime as dt
+import os
 import platform
 from collections.abc import Sequence
 from pathlib import Path
@@ -162,6 +163,22 @@ def check_output_folder(out: str | Path) -> Path:
     return out
 
 
+#: Provenance keys whose paths locate the PyTorch source (rebuilt for ``quantize --distill``).
+SOURCE_PATH_KEYS = ("results_folder", "weights")
+
+
+def source_paths_from_bundle(provenance: dict[str, Any], out: Path) -> dict[str, str]:
+    """The source paths of ``provenance`` relative to the bundle folder ``out``
+    (``<key>_from_bundle``), so that a checkout or copy that moves both together still finds
+    the source (:mod:`export.source_network`); the absolute path stays the first choice."""
+    relative = {}
+    for key in SOURCE_PATH_KEYS:
+        if provenance.get(key):
+            relative[f"{key}_from_bundle"] = os.path.relpath(
+                Path(provenance[key]).resolve(), Path(out).resolve())
+    return relative
+
+
 def write_bundle(
     out: str | Path,
     bundle: Bundle,
@@ -221,6 +238,7 @@ def write_bundle(
         bundle.validated_precisions = ["fp32"]
         bundle.provenance = {
             **bundle.provenance,
+            **source_paths_from_bundle(bundle.provenance, out),
             "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "tools": _tool_versions(),
             "onnx_opset": OPSET,

@@ -40,9 +40,9 @@ def source_network(bundle: Bundle, source: str | Path | None = None,
     provenance = bundle.provenance
     kind = provenance.get("source")
     if kind == "nnunetv2":
-        return _nnunet_network(provenance, source, trust_checkpoint)
+        return _nnunet_network(provenance, bundle.root, source, trust_checkpoint)
     if kind == "torch" and provenance.get("factory"):
-        return _factory_network(provenance, source, trust_checkpoint)
+        return _factory_network(provenance, bundle.root, source, trust_checkpoint)
     if kind == "torch":
         raise EdgesegError(f"{bundle.name}: exported from TorchScript; distillation needs the "
                            "module:factory and weights it was built from")
@@ -50,7 +50,18 @@ def source_network(bundle: Bundle, source: str | Path | None = None,
                        f"(source {kind!r}); nothing to rebuild")
 
 
-def _nnunet_network(provenance: dict[str, Any], source: str | Path | None,
+def recorded_path(bundle_root: Path, provenance: dict[str, Any], key: str) -> Path:
+    """Where the provenance says the source is: its absolute path if that exists, else the
+    same place relative to the bundle (``<key>_from_bundle``; a moved checkout), else the
+    absolute path (which the caller reports as missing)."""
+    recorded = Path(provenance.get(key, ""))
+    relative = provenance.get(f"{key}_from_bundle")
+    if not recorded.exists() and relative and (Path(bundle_root) / relative).exists():
+        return Path(bundle_root) / relative
+    return recorded
+
+
+def _nnunet_network(provenance: dict[str, Any], bundle_root: Path, source: str | Path | None,
                     trust_checkpoint: bool) -> Any:
     from export.nnunet_reader import DEFAULT_CHECKPOINT, build_fold_networks, read_results
 
@@ -58,7 +69,7 @@ def _nnunet_network(provenance: dict[str, Any], source: str | Path | None,
     if len(folds) != 1:
         raise EdgesegError(f"the bundle is an ensemble of folds {', '.join(folds)}; "
                            "distillation trains one network")
-    folder = Path(source or provenance.get("results_folder", ""))
+    folder = Path(source) if source else recorded_path(bundle_root, provenance, "results_folder")
     if not folder.is_dir():
         raise SourceMissingError(f"{folder}: nnU-Net results folder does not exist")
     recorded = provenance.get("checkpoints") or [{}]
@@ -68,15 +79,15 @@ def _nnunet_network(provenance: dict[str, Any], source: str | Path | None,
     return build_fold_networks(results)[0]
 
 
-def _factory_network(provenance: dict[str, Any], source: str | Path | None,
-                     trust_checkpoint: bool) -> Any:
+def _factory_network(provenance: dict[str, Any], bundle_root: Path,
+                     source: str | Path | None, trust_checkpoint: bool) -> Any:
     from export.torch_import import load_factory_network, read_spec
 
     if "factory_kwargs" in provenance:
         spec = {"factory_kwargs": provenance["factory_kwargs"]}
     else:  # bundles exported before the kwargs were recorded
         spec = read_spec(provenance.get("spec", ""))
-    weights = Path(source or provenance.get("weights", ""))
+    weights = Path(source) if source else recorded_path(bundle_root, provenance, "weights")
     if not weights.is_file():
         raise SourceMissingError(f"{weights}: weights file does not exist")
     network, _ = load_factory_network(provenance["factory"], weights, spec, trust_checkpoint)

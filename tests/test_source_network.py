@@ -67,6 +67,19 @@ def test_moved_weights_are_found_through_source(tmp_path, halos_bundle) -> None:
                                 patch_inputs(bundle, presence=True)) <= 1e-3
 
 
+def test_a_moved_checkout_finds_the_source_beside_the_bundle(tmp_path, halos_bundle) -> None:
+    bundle, weights, _ = halos_bundle
+    assert bundle.provenance["weights_from_bundle"] == f"../{weights.name}"
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.move(tmp_path / "bundle", moved / "bundle")
+    shutil.move(weights, moved / weights.name)  # the weights sit beside the bundle again
+    relocated = load_bundle(moved / "bundle")
+    assert not Path(relocated.provenance["weights"]).exists()
+    network = source_network(relocated)
+    assert check_matches_bundle(network, relocated, patch_inputs(bundle, presence=True)) <= 1e-3
+
+
 def test_other_weights_are_not_taken_for_the_bundles_network(halos_bundle) -> None:
     bundle, _, _ = halos_bundle
     network = source_network(bundle)
