@@ -155,6 +155,12 @@ def compare(reference: Run, candidate: Run, organs: Mapping[str, int],
     return {
         "holdout_images": list(names),
         "dice_per_class": {k: round(v, 5) for k, v in per_organ.items()},
+        # Per image, the mean over organs: one image with a near-empty organ can decide the
+        # verdict, and this shows which.
+        "mean_dice_per_image": {
+            name: round(float(np.mean(list(d.values()))) if d else 1.0, 5)
+            for name, d in zip(names, per_image, strict=True)
+        },
         "mean_dice": round(mean, 5),
         "worst_class": worst_organ,
         "worst_dice": round(per_organ[worst_organ], 5) if worst_organ else 1.0,
@@ -227,6 +233,11 @@ def format_recheck(reports: Mapping[str, Mapping[str, Any]],
             f"{'-' if before is None else f'{before:.4f}':>7}  "
             f"{'yes' if report['passed'] else 'NO (below ' + str(report['bar']) + ')'}"
         )
+    for key, report in reports.items():
+        images = report.get("mean_dice_per_image") or {}
+        if len(images) > 1:
+            lines.append(f"{key} per image: "
+                         + ", ".join(f"{name} {value:.4f}" for name, value in images.items()))
     if stored.get("measured_at") or stored.get("cpu"):
         lines.append(f"stored: measured by edgeseg quantize on {stored.get('cpu', '?')}, "
                      f"{stored.get('measured_at', '?')}")

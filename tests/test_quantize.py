@@ -69,6 +69,9 @@ def test_quantize_adds_validated_variants_and_report(exported, tmp_path, capsys)
         per_class = list(report["dice_per_class"].values())
         assert report["mean_dice"] == pytest.approx(np.mean(per_class), abs=1e-4)
         assert report["worst_dice"] == min(report["dice_per_class"].values())
+        # One held-out image: its mean over organs is the variant's mean.
+        assert report["mean_dice_per_image"] == {
+            "case2_0000": pytest.approx(report["mean_dice"], abs=1e-4)}
         assert report["passed"] == (report["mean_dice"] >= 0.98)
         assert report["latency_ratio_int8_vs_fp32"] > 0
         assert name in out  # the table is printed

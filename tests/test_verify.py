@@ -92,8 +92,11 @@ def test_verify_measures_each_shipped_int8_model_and_leaves_the_bundle(
         assert float(row[2]) >= 0.9 and row[-1] == "yes"
     assert rows["int8_openvino"][1] == "int8_openvino_mixed" and "0.9900" in rows["int8_openvino"]
     assert rows["int8_onnx"][1] == "int8_onnx"  # not in the stored report: no stored figure
-    assert out.splitlines()[4] == ("stored: measured by edgeseg quantize on quantise-time CPU, "
-                                   "2026-12-01")
+    per_image = [line for line in out.splitlines() if " per image: " in line]
+    assert [line.split()[0] for line in per_image] == ["int8_openvino", "int8_onnx"]
+    assert all("case0_0000 " in line and "case1_0000 " in line for line in per_image)
+    assert out.splitlines()[-1] == ("stored: measured by edgeseg quantize on quantise-time CPU, "
+                                    "2026-12-01")
     assert "2 images from" in out
     assert {p.name: p.read_bytes() for p in bundle_dir.iterdir()} == before
 
