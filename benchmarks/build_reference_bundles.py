@@ -16,6 +16,7 @@ Usage::
 
     python benchmarks/build_reference_bundles.py [--models reference_models] \
         [--out edge_seg/models] [--calib-cases 6] [--holdout-cases 3] [--work /tmp/edgeseg_ref]
+        [--phantoms-only]
 """
 
 from __future__ import annotations
@@ -93,10 +94,16 @@ def main() -> None:
     parser.add_argument("--backends", default="openvino,onnxruntime",
                         help="INT8 routes to build (comma list; ONNX Runtime's QDQ attempts "
                              "take minutes each on x86, where they run 3x slower than fp32)")
+    parser.add_argument("--phantoms-only", action="store_true",
+                        help="write the calibration and held-out phantoms under --work, "
+                             "then stop (for edgeseg verify / quantize by hand)")
     args = parser.parse_args()
 
     calib = write_phantoms(args.work / "calib", CALIB_SEED, args.calib_cases)
     holdout = write_phantoms(args.work / "holdout", HOLDOUT_SEED, args.holdout_cases)
+    if args.phantoms_only:
+        print(f"calibration phantoms: {calib}\nheld-out phantoms: {holdout}")
+        return
     quantize = ["--calib", str(calib), "--holdout", str(holdout),
                 "--patches-per-image", str(args.patches_per_image)]
     if args.no_accuracy_aware:
