@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -105,3 +106,16 @@ def cli_without(module: str, args: list[str]) -> subprocess.CompletedProcess[str
     code = (f"import sys\nsys.modules[{module!r}] = None\n"
             f"from edge_seg.cli import main\nmain({args!r})\n")
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+
+def run_cli(args: list[str], capsys: Any) -> tuple[int, str, str]:
+    """Run ``edgeseg ARGS`` in this process; return (exit code, stdout, stderr)."""
+    from edge_seg.cli import main
+
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

@@ -22,11 +22,11 @@ from export_fixtures import (  # noqa: E402
     TINY_SPACING,
     cli_without,
     make_results_folder,
+    run_cli,
     write_ct_image,
 )
 
 from edge_seg.bundle import load_bundle  # noqa: E402
-from edge_seg.cli import main  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -38,15 +38,6 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         write_ct_image(images / f"case{i}_0000.nii.gz", seed=i)
     return {"root": root, "results": results, "images": images}
 
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def onnx_logits(bundle_dir: Path, image: np.ndarray) -> np.ndarray:

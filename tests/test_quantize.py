@@ -12,10 +12,9 @@ pytest.importorskip("torch")
 pytest.importorskip("nncf")
 pytest.importorskip("dynamic_network_architectures")
 
-from export_fixtures import cli_without, make_results_folder, write_ct_image
+from export_fixtures import cli_without, make_results_folder, run_cli, write_ct_image
 
 from edge_seg.bundle import load_bundle
-from edge_seg.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -37,15 +36,6 @@ def fresh_bundle(exported: dict[str, Path], tmp_path: Path) -> Path:
     shutil.copytree(exported["bundle"], target)
     return target
 
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_quantize_adds_validated_variants_and_report(exported, tmp_path, capsys) -> None:

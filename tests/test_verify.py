@@ -16,22 +16,11 @@ import pytest
 import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).parent))
-from export_fixtures import cli_without
+from export_fixtures import cli_without, run_cli
 from helpers_bundle import make_bundle, make_phantom
-
-from edge_seg.cli import main
 
 pytest.importorskip("onnx")
 
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
