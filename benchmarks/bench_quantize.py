@@ -45,7 +45,7 @@ from edge_seg.io import Volume
 from edge_seg.synth import generate_phantom
 from evaluator.atomic import write_text_atomic
 from export.calibration import network_inputs, patches_from_array, preprocessed_array
-from export.fidelity import AGREEMENT_BAR, compare, predict_all
+from export.fidelity import AGREEMENT_BAR, recheck_bundle, shipped_int8
 
 PATCH_SEED = 5000
 PLUGIN_DEFAULT_INT8 = "OV int8 (float layers: plugin default)"
@@ -137,19 +137,6 @@ def round_speedups(times: dict[str, list[float]], base: str, other: str,
     rounds = len(times[base]) // patches
     return [sum(times[base][r * patches:(r + 1) * patches])
             / sum(times[other][r * patches:(r + 1) * patches]) for r in range(rounds)]
-
-
-def agreement(bundle_dir: Path, bundle: Bundle, volumes: list[Volume], threads: int | None
-              ) -> dict[str, Any]:
-    out = {}
-    names = [v.name for v in volumes]
-    for backend, key in (("openvino", "int8_openvino"), ("onnxruntime", "int8_onnx")):
-        if key not in bundle.files:
-            continue
-        reference = predict_all(bundle_dir, backend, "fp32", volumes, threads)
-        candidate = predict_all(bundle_dir, backend, "int8", volumes, threads)
-        out[key] = compare(reference, candidate, bundle.organs, names, AGREEMENT_BAR)
-    return out
 
 
 def render(bundle: Bundle, command: str, lat: dict[str, Any], agree: dict[str, Any],
@@ -267,7 +254,8 @@ def main() -> None:
             volumes = [phantom_volume(AGREEMENT_SEED + i, bundle.modality, args.phantom_slices,
                                       args.phantom_matrix)
                        for i in range(args.agreement_phantoms)]
-            agree = agreement(bundle_dir, bundle, volumes, args.threads)
+            agree = (recheck_bundle(bundle, volumes, args.threads, AGREEMENT_BAR)
+                     if shipped_int8(bundle) else {})
         text = render(bundle, command, lat, agree, host)
         print(text)
         stem = f"quantize_{bundle_dir.name}"

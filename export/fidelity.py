@@ -180,7 +180,13 @@ def compare(reference: Run, candidate: Run, organs: Mapping[str, int],
 INT8_BACKENDS = {"int8_openvino": "openvino", "int8_onnx": "onnxruntime"}
 
 
-def recheck_bundle(bundle_dir: Path, volumes: Sequence[Volume], threads: int | None = None,
+def shipped_int8(bundle: Bundle) -> list[str]:
+    """The bundle's INT8 file keys that it ships (in its files and validated)."""
+    return [key for key in INT8_BACKENDS
+            if key in bundle.files and key in bundle.validated_precisions]
+
+
+def recheck_bundle(bundle: Bundle, volumes: Sequence[Volume], threads: int | None = None,
                    bar: float = AGREEMENT_BAR) -> dict[str, dict[str, Any]]:
     """Measure every shipped INT8 model of a bundle against its fp32 model on this CPU.
 
@@ -196,23 +202,18 @@ def recheck_bundle(bundle_dir: Path, volumes: Sequence[Volume], threads: int | N
         ``variant`` (the stored variant that shipped in that file, e.g. a mixed level) and
         ``stored_mean_dice`` (its quantise-time figure; None if the report lacks it).
     """
-    from edge_seg.bundle import load_bundle
-
-    bundle = load_bundle(bundle_dir)
-    shipped = [key for key in INT8_BACKENDS
-               if key in bundle.files and key in bundle.validated_precisions]
+    shipped = shipped_int8(bundle)
     if not shipped:
-        raise EdgesegError(f"{bundle_dir}: the bundle ships no validated INT8 model to check")
+        raise EdgesegError(f"{bundle.root}: the bundle ships no validated INT8 model to check")
     names = [volume.name for volume in volumes]
     reports = {}
     for key in shipped:
         backend = INT8_BACKENDS[key]
-        reference = predict_all(bundle_dir, backend, "fp32", volumes, threads)
-        candidate = predict_all(bundle_dir, backend, "int8", volumes, threads)
-        stored = {name: variant for name, variant in
-                  bundle.fidelity.get("variants", {}).items()
-                  if variant.get("file") == bundle.files[key]}
-        name, report = next(iter(stored.items()), (key, {}))
+        reference = predict_all(bundle.root, backend, "fp32", volumes, threads)
+        candidate = predict_all(bundle.root, backend, "int8", volumes, threads)
+        name, report = next(((name, variant) for name, variant in
+                             bundle.fidelity.get("variants", {}).items()
+                             if variant.get("file") == bundle.files[key]), (key, {}))
         reports[key] = {**compare(reference, candidate, bundle.organs, names, bar),
                         "variant": name, "stored_mean_dice": report.get("mean_dice")}
     return reports

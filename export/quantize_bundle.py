@@ -32,6 +32,7 @@ from export.calibration import DEFAULT_PATCHES_PER_IMAGE, list_images, patch_set
 from export.distill import STUDENT_ORIGIN, DistillSettings
 from export.fidelity import (
     AGREEMENT_BAR,
+    INT8_BACKENDS,
     UNDECIDED_MARGIN,
     Run,
     compare,
@@ -49,7 +50,7 @@ from export.quantize import (
 )
 
 #: Bundle ``files`` key of each backend's INT8 model.
-FILE_KEYS = {OPENVINO: "int8_openvino", "onnxruntime": "int8_onnx"}
+FILE_KEYS = {backend: key for key, backend in INT8_BACKENDS.items()}
 
 
 def split_images(

@@ -27,18 +27,16 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Re-measure the bundle's INT8 models against its fp32 model on this CPU."""
         from edge_seg.bundle import load_bundle
+        from edge_seg.host import cpu_description
         from export.calibration import list_images, read_images
         from export.fidelity import format_recheck, recheck_bundle
 
-        stored = load_bundle(bundle).fidelity
-        paths = list_images(images)
-        volumes, problems = read_images(paths, images)
+        loaded = load_bundle(bundle)
+        volumes, problems = read_images(list_images(images), images)
         for problem in problems:
             typer.echo(f"skipped: {problem}", err=True)
-        reports = recheck_bundle(bundle, volumes, threads, bar)
-        from edge_seg.host import cpu_description
-
+        reports = recheck_bundle(loaded, volumes, threads, bar)
         typer.echo(f"{len(volumes)} images from {images}; this CPU: {cpu_description()}")
-        typer.echo(format_recheck(reports, stored))
+        typer.echo(format_recheck(reports, loaded.fidelity))
         if not all(report["passed"] for report in reports.values()):
             raise typer.Exit(code=1)
