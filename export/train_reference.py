@@ -41,7 +41,7 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -87,6 +87,9 @@ class TrainConfig:
     seed: int = 12345
     bf16: bool = False
     init_from: str | None = None
+    # Relative weight of an organ in the foreground draw (1 where not named): a fine-tune can
+    # show the organs the model barely decides (duodenum, oesophagus, adrenals) more often.
+    organ_draw_weights: dict[str, float] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------
@@ -158,14 +161,17 @@ def pad_to(array: np.ndarray, shape: Sequence[int], value: float) -> np.ndarray:
 class PatchSampler:
     """nnU-Net-style patch sampling: part random, part centred on a random organ voxel.
 
-    The foreground draw first picks one of the organs present in the case uniformly, so small
-    organs (gallbladder, adrenals) are seen as often as the liver.
+    The foreground draw first picks one of the organs present in the case, uniformly unless
+    ``organ_weights`` (label value -> relative weight, 1 where absent) says otherwise, so small
+    organs (gallbladder, adrenals) are seen at least as often as the liver.
     """
 
     def __init__(self, images: list[np.ndarray], labels: list[np.ndarray],
                  patch_size: Sequence[int], pad_value: float, rng: np.random.Generator,
-                 foreground_fraction: float) -> None:
+                 foreground_fraction: float,
+                 organ_weights: dict[int, float] | None = None) -> None:
         self.patch = tuple(patch_size)
+        self.organ_weights = dict(organ_weights or {})
         self.images = [pad_to(im, self.patch, pad_value) for im in images]
         self.labels = [pad_to(lb, self.patch, 0) for lb in labels]
         self.rng = rng
@@ -188,7 +194,9 @@ class PatchSampler:
         image, label = self.images[case], self.labels[case]
         organs = self.organ_voxels[case]
         if organs and self.rng.random() < self.foreground_fraction:
-            organ = list(organs)[int(self.rng.integers(len(organs)))]
+            present = list(organs)
+            weights = np.array([self.organ_weights.get(o, 1.0) for o in present])
+            organ = present[int(self.rng.choice(len(present), p=weights / weights.sum()))]
             centre = organs[organ][int(self.rng.integers(len(organs[organ])))]
             jitter = self.rng.integers(-np.array(self.patch) // 4, np.array(self.patch) // 4 + 1)
             start = centre + jitter - np.array(self.patch) // 2
@@ -207,7 +215,9 @@ def training_sampler(images: list[np.ndarray], labels: list[np.ndarray], config:
     Images narrower than a patch are padded with 0, the value nnU-Net's data loader and every
     sliding-window predictor pad normalised images with.
     """
-    return PatchSampler(images, labels, config.patch_size, 0.0, rng, config.foreground_fraction)
+    weights = {LABELS[name]: w for name, w in config.organ_draw_weights.items()}
+    return PatchSampler(images, labels, config.patch_size, 0.0, rng, config.foreground_fraction,
+                        weights)
 
 
 def augment_intensity(patch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -472,6 +482,24 @@ def load_halos(folder: str | Path):
     return network, manifest
 
 
+def parse_focus(items: Sequence[str]) -> dict[str, float]:
+    """``["duodenum=4", ...]`` -> ``{"duodenum": 4.0}``; unknown organs and bad weights raise."""
+    weights: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in FLARE_LABELS:
+            raise ValueError(f"--focus {item!r}: expected ORGAN=WEIGHT with ORGAN one of "
+                             f"{', '.join(FLARE_LABELS)}")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = float("nan")
+        if not np.isfinite(weight) or weight <= 0:
+            raise ValueError(f"--focus {item!r}: the weight must be a positive number")
+        weights[name] = weight
+    return weights
+
+
 def _train_worker(args: tuple) -> dict[str, Any]:
     kind, cases, intensity, config, out_dir, threads, log_path = args
     if log_path:
@@ -499,12 +527,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="fine-tune: start from the models of an earlier run (its --out)")
     parser.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)
     parser.add_argument("--resection-rate", type=float, default=TrainConfig.resection_rate)
+    parser.add_argument("--focus", action="append", default=[], metavar="ORGAN=WEIGHT",
+                        help="draw patches centred on ORGAN WEIGHT times as often as on "
+                             "another organ (repeatable; e.g. duodenum=4)")
     args = parser.parse_args(argv)
+    try:
+        organ_draw_weights = parse_focus(args.focus)
+    except ValueError as error:
+        parser.error(str(error))
 
     bf16 = cpu_has_fast_bf16() if args.bf16 is None else args.bf16
     config = TrainConfig(iterations=args.iterations, budget_min=args.budget_min,
                          train_cases=args.cases, bf16=bf16, init_from=args.init_from,
-                         learning_rate=args.learning_rate, resection_rate=args.resection_rate)
+                         learning_rate=args.learning_rate, resection_rate=args.resection_rate,
+                         organ_draw_weights=organ_draw_weights)
     seeds = list(range(config.train_seed0, config.train_seed0 + config.train_cases))
     t0 = time.perf_counter()
     cases = prepare_cases(Path(args.work), seeds, config)

@@ -33,6 +33,29 @@ def test_narrow_images_are_padded_with_zero_after_normalisation() -> None:
     assert np.all(patch[:, rows_in_image] == -3.0)
 
 
+def test_focus_weights_make_the_named_organ_drawn_that_many_times_as_often() -> None:
+    labels = np.zeros((40, 40, 40), np.uint8)
+    labels[2:6, 2:6, 2:6] = tr.LABELS["duodenum"]
+    labels[30:38, 30:38, 30:38] = tr.LABELS["liver"]
+    image = np.zeros(labels.shape, np.float32)
+    config = replace(TINY, patch_size=(4, 4, 4), foreground_fraction=1.0,
+                     organ_draw_weights=tr.parse_focus(["duodenum=3"]))
+    sampler = tr.training_sampler([image], [labels], config, np.random.default_rng(1))
+    duodenum = tr.LABELS["duodenum"]  # the two organs never fit in one patch
+    share = np.mean([(sampler.sample()[2] == duodenum).any() for _ in range(2000)])
+    assert 0.70 < share < 0.80  # 3 / (3 + 1)
+    uniform = tr.training_sampler([image], [labels], replace(config, organ_draw_weights={}),
+                                  np.random.default_rng(1))
+    share = np.mean([(uniform.sample()[2] == duodenum).any() for _ in range(2000)])
+    assert 0.45 < share < 0.55
+
+
+@pytest.mark.parametrize("item", ["duodenum", "pancreas=0", "pancreas=x", "brain=2"])
+def test_bad_focus_items_are_refused(item: str) -> None:
+    with pytest.raises(ValueError, match="--focus"):
+        tr.parse_focus([item])
+
+
 def test_resections_are_deterministic_and_follow_the_rate() -> None:
     seeds = range(1000, 1200)
     first = [tr.case_resections(s, 0.5) for s in seeds]
