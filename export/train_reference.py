@@ -290,16 +290,35 @@ def cpu_has_fast_bf16() -> bool:
     return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
 
 
+def model_folder(kind: str, out_dir: str | Path) -> Path:
+    """Where a run with this ``--out`` writes the model of this kind (and its training.json)."""
+    if kind == "plain":
+        return (Path(out_dir) / "nnunet_results" / f"Dataset{DATASET_ID}_{DATASET_NAME}"
+                / "nnUNetTrainer__nnUNetPlans__3d_fullres" / "fold_0")
+    return Path(out_dir) / "halos_ct"
+
+
 def initial_weights(kind: str, folder: str | Path) -> dict[str, Any]:
     """Weights of an earlier run of this script (its ``--out`` folder) to fine-tune from."""
     from export.safe_checkpoint import load_checkpoint
 
-    folder = Path(folder)
     if kind == "plain":
-        path = (folder / "nnunet_results" / f"Dataset{DATASET_ID}_{DATASET_NAME}"
-                / "nnUNetTrainer__nnUNetPlans__3d_fullres" / "fold_0" / "checkpoint_final.pth")
-        return load_checkpoint(path)["network_weights"]
-    return load_checkpoint(folder / "halos_ct" / "model.pth")["state_dict"]
+        return load_checkpoint(model_folder(kind, folder) / "checkpoint_final.pth")[
+            "network_weights"]
+    return load_checkpoint(model_folder(kind, folder) / "model.pth")["state_dict"]
+
+
+def earlier_stages(kind: str, folder: str | Path) -> list[dict[str, Any]]:
+    """The training records of the run a fine-tune starts from, oldest first.
+
+    A fine-tune overwrites ``training.json``; its history would otherwise live only in prose.
+    """
+    path = model_folder(kind, folder) / "training.json"
+    if not path.is_file():
+        return []
+    record = json.loads(path.read_text())
+    history = record.pop("earlier_stages", [])
+    return [*history, record]
 
 
 def train_model(kind: str, cases: list[dict[str, Any]], intensity: dict[str, float],
@@ -404,6 +423,8 @@ def train_model(kind: str, cases: list[dict[str, Any]], intensity: dict[str, flo
         "resected_cases": {str(c["seed"]): c["resected"] for c in cases if c["resected"]},
         "intensity_properties": intensity,
     }
+    if config.init_from:
+        summary["earlier_stages"] = earlier_stages(kind, config.init_from)
     network = network.to(memory_format=torch.contiguous_format).eval()
     if kind == "plain":
         _save_plain(network, architecture, optimizer, log, iteration, cases, intensity,
@@ -428,11 +449,11 @@ def _save_plain(network, architecture, optimizer, log, iteration, cases, intensi
         mirror_axes=None,  # trained without mirroring augmentation (left/right organs)
         description="edgeseg demonstration model trained on synthetic CT phantoms; not clinical",
     )
-    folder = write_nnunet_results_folder(
+    write_nnunet_results_folder(
         out_dir / "nnunet_results", model, network.state_dict(), optimizer.state_dict(), log,
         current_epoch=len(log["train_losses"]), overwrite=True,
     )
-    with atomic_path(folder / "fold_0" / "training.json") as tmp:
+    with atomic_path(model_folder("plain", out_dir) / "training.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
 
 
@@ -440,7 +461,7 @@ def _save_halos(network, config: TrainConfig, intensity: dict[str, float], out_d
                 summary: dict[str, Any]) -> None:
     import torch
 
-    folder = out_dir / "halos_ct"
+    folder = model_folder("halos", out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     manifest = {
         "network_class": "export.networks.halos_unet.HalosUNet",

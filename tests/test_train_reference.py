@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -93,3 +94,8 @@ def test_train_then_fine_tune_from_the_written_models(tmp_path: Path) -> None:
         assert before.keys() == after.keys()
         for key in before:
             assert torch.equal(before[key], after[key]), key
+        # The record of the run it started from is kept, not overwritten.
+        record = json.loads((tr.model_folder(kind, second) / "training.json").read_text())
+        assert [stage["iterations"] for stage in record["earlier_stages"]] == [2]
+        assert record["earlier_stages"][0]["config"]["init_from"] is None
+        assert record["config"]["init_from"] == str(first)
