@@ -292,9 +292,11 @@ def cpu_has_fast_bf16() -> bool:
 
 def model_folder(kind: str, out_dir: str | Path) -> Path:
     """Where a run with this ``--out`` writes the model of this kind (and its training.json)."""
+    from export.nnunet_writer import dataset_folder_name, trainer_folder_name
+
     if kind == "plain":
-        return (Path(out_dir) / "nnunet_results" / f"Dataset{DATASET_ID}_{DATASET_NAME}"
-                / "nnUNetTrainer__nnUNetPlans__3d_fullres" / "fold_0")
+        return (Path(out_dir) / "nnunet_results" / dataset_folder_name(DATASET_ID, DATASET_NAME)
+                / trainer_folder_name() / "fold_0")
     return Path(out_dir) / "halos_ct"
 
 
