@@ -16,7 +16,7 @@ Usage::
 
     python benchmarks/build_reference_bundles.py [--models reference_models] \
         [--out edge_seg/models] [--calib-cases 6] [--holdout-cases 3] [--work /tmp/edgeseg_ref]
-        [--phantoms-only]
+        [--distill] [--phantoms-only]
 """
 
 from __future__ import annotations
@@ -90,6 +90,9 @@ def main() -> None:
     parser.add_argument("--only", default="plain,halos")
     parser.add_argument("--no-accuracy-aware", action="store_true",
                         help="skip NNCF's accuracy-aware fallback (minutes per model)")
+    parser.add_argument("--distill", action="store_true",
+                        help="quantise from an INT8-aware distilled student (edgeseg quantize "
+                             "--distill; the fp32 model stays the reference)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/edgeseg_ref"))
     parser.add_argument("--backends", default="openvino,onnxruntime",
                         help="INT8 routes to build (comma list; ONNX Runtime's QDQ attempts "
@@ -108,6 +111,8 @@ def main() -> None:
                 "--patches-per-image", str(args.patches_per_image)]
     if args.no_accuracy_aware:
         quantize.append("--no-accuracy-aware")
+    if args.distill:
+        quantize.append("--distill")
     for backend in args.backends.split(","):
         quantize += ["--backend", backend]
     only = set(args.only.split(","))
@@ -149,6 +154,7 @@ def write_export_report(args: argparse.Namespace, bundles: list[Path]) -> None:
              f"--calib-cases {args.calib_cases} --holdout-cases {args.holdout_cases} "
              f"--patches-per-image {args.patches_per_image}"
              f"{' --no-accuracy-aware' if args.no_accuracy_aware else ''}"
+             f"{' --distill' if args.distill else ''}"
              f" --only {args.only} --backends {args.backends}`", "",
              "ONNX Runtime vs PyTorch on a real preprocessed patch (held-out phantom), "
              "max abs difference per output:", "",
