@@ -86,6 +86,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("edge_seg/models"))
     parser.add_argument("--calib-cases", type=int, default=6)
     parser.add_argument("--holdout-cases", type=int, default=3)
+    parser.add_argument("--holdout-seed", type=int, default=HOLDOUT_SEED,
+                        help="first held-out seed (e.g. 4006 with --phantoms-only: images "
+                             "that no quantise-time check has seen, for edgeseg verify)")
     parser.add_argument("--patches-per-image", type=int, default=4)
     parser.add_argument("--only", default="plain,halos")
     parser.add_argument("--no-accuracy-aware", action="store_true",
@@ -103,7 +106,7 @@ def main() -> None:
     args = parser.parse_args()
 
     calib = write_phantoms(args.work / "calib", CALIB_SEED, args.calib_cases)
-    holdout = write_phantoms(args.work / "holdout", HOLDOUT_SEED, args.holdout_cases)
+    holdout = write_phantoms(args.work / "holdout", args.holdout_seed, args.holdout_cases)
     if args.phantoms_only:
         print(f"calibration phantoms: {calib}\nheld-out phantoms: {holdout}")
         return
@@ -152,6 +155,7 @@ def write_export_report(args: argparse.Namespace, bundles: list[Path]) -> None:
     lines = ["# Export check and INT8 fidelity of the reference bundles", "",
              "Command: `python benchmarks/build_reference_bundles.py "
              f"--calib-cases {args.calib_cases} --holdout-cases {args.holdout_cases} "
+             f"{'' if args.holdout_seed == HOLDOUT_SEED else f'--holdout-seed {args.holdout_seed} '}"
              f"--patches-per-image {args.patches_per_image}"
              f"{' --no-accuracy-aware' if args.no_accuracy_aware else ''}"
              f"{' --distill' if args.distill else ''}"
