@@ -155,8 +155,8 @@ def write_export_report(args: argparse.Namespace, bundles: list[Path]) -> None:
     lines = ["# Export check and INT8 fidelity of the reference bundles", "",
              "Command: `python benchmarks/build_reference_bundles.py "
              f"--calib-cases {args.calib_cases} --holdout-cases {args.holdout_cases} "
-             f"{'' if args.holdout_seed == HOLDOUT_SEED else f'--holdout-seed {args.holdout_seed} '}"
-             f"--patches-per-image {args.patches_per_image}"
+             + ("" if args.holdout_seed == HOLDOUT_SEED else f"--holdout-seed {args.holdout_seed} ")
+             + f"--patches-per-image {args.patches_per_image}"
              f"{' --no-accuracy-aware' if args.no_accuracy_aware else ''}"
              f"{' --distill' if args.distill else ''}"
              f" --only {args.only} --backends {args.backends}`", "",
