@@ -152,11 +152,12 @@ def write_export_report(args: argparse.Namespace, bundles: list[Path]) -> None:
     from edge_seg.bundle import load_bundle
     from evaluator.atomic import write_text_atomic
 
+    seed_flag = "" if args.holdout_seed == HOLDOUT_SEED else f" --holdout-seed {args.holdout_seed}"
     lines = ["# Export check and INT8 fidelity of the reference bundles", "",
              "Command: `python benchmarks/build_reference_bundles.py "
-             f"--calib-cases {args.calib_cases} --holdout-cases {args.holdout_cases} "
-             + ("" if args.holdout_seed == HOLDOUT_SEED else f"--holdout-seed {args.holdout_seed} ")
-             + f"--patches-per-image {args.patches_per_image}"
+             f"--calib-cases {args.calib_cases} --holdout-cases {args.holdout_cases}"
+             f"{seed_flag}"
+             f" --patches-per-image {args.patches_per_image}"
              f"{' --no-accuracy-aware' if args.no_accuracy_aware else ''}"
              f"{' --distill' if args.distill else ''}"
              f" --only {args.only} --backends {args.backends}`", "",
