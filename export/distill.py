@@ -13,7 +13,16 @@ quantiser is calibrated. Distillation lowers the error itself:
   patches; instance norms and everything outside the convolutions stay float;
 * the loss is the squared logit difference, weighted per voxel by
   ``0.1 + exp(-m / focus)`` where ``m`` is the teacher's lead of its winner over its runner-up,
-  because voxels with small leads are the ones that flip.
+  because voxels with small leads are the ones that flip;
+* optionally (``class_balance`` a > 0) that weight is multiplied by ``(N / (K n_c)) ** a``
+  for the rarer of the voxel's two leading classes ``c`` (``n_c`` voxels of the patch won by
+  ``c``, ``K`` classes won anywhere in it, ``N`` voxels): the agreement bar averages organs
+  with equal weight, so the 15 voxels of an adrenal gland count as much as the liver, yet
+  without it they are a rounding error of the loss. The runner-up counts too because the
+  voxels that flip *into* a small organ are the teacher's background next to it;
+* optionally (``float_convs``) the student keeps the first / last convolutions, in the order
+  the forward pass calls them, in float, as the mixed-precision level it will be quantised
+  at does.
 
 Gradients pass the rounding unchanged (straight-through estimator, PyTorch's fake-quantise
 ops). No labels are used: the calibration images suffice. The student's weights are exported to
@@ -52,6 +61,10 @@ class DistillSettings:
     seed: int = 0
     #: Training patches cut from each calibration image (the quantiser's own set is smaller).
     patches_per_image: int = 12
+    #: Exponent of the rare-class weight (0: off, the measured default recipe).
+    class_balance: float = 0.0
+    #: ``(first, last)`` convolutions the student simulates in float (a mixed level).
+    float_convs: tuple[int, int] = (0, 0)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,7 +79,8 @@ def _conv_types() -> tuple[type, ...]:
 
 def activation_ranges(network: Any,
                       batches: Sequence[Sequence[Any]]) -> dict[int, tuple[float, float]]:
-    """Per convolution (by ``id``): mean over batches of the input's min and max, min <= 0.
+    """Per convolution (by ``id``, in the order the forward pass first calls them): mean over
+    batches of the input's min and max, min <= 0.
 
     Convolutions the forward pass never calls (nnU-Net's deep-supervision heads with deep
     supervision off) get no entry.
@@ -91,6 +105,15 @@ def activation_ranges(network: Any,
     return {key: (min(0.0, float(np.mean([lo for lo, _ in values]))),
                   float(np.mean([hi for _, hi in values])))
             for key, values in seen.items()}
+
+
+def without_float_ends(ranges: Mapping[int, tuple[float, float]], first: int,
+                       last: int) -> dict[int, tuple[float, float]]:
+    """``ranges`` less its ``first`` and ``last`` entries (in call order): the convolutions a
+    mixed-precision level keeps in float, which :func:`simulated_int8` then leaves alone."""
+    order = list(ranges)
+    kept = order[first:len(order) - last] if last > 0 else order[first:]
+    return {key: ranges[key] for key in kept}
 
 
 def _fake_quantised_forward(module: Any, low: float, high: float) -> Callable[[Any], Any]:
@@ -131,6 +154,30 @@ def focus_weights(teacher_logits: Any, focus_logit: float) -> Any:
     return 0.1 + torch.exp(-(top[:, 0] - top[:, 1]) / focus_logit)
 
 
+def rare_class_weights(teacher_logits: Any, exponent: float) -> Any:
+    """Per voxel ``(N / (K n_c)) ** exponent`` for the rarer of its two leading classes.
+
+    ``n_c``: voxels of the patch whose teacher winner is ``c``; ``K``: classes that win at
+    least one voxel; ``N``: voxels. A class that wins nowhere counts as one voxel, so a
+    runner-up that never wins (a small organ the teacher only nearly labels) gets the
+    largest weight.
+
+    >>> import torch
+    >>> logits = torch.zeros(1, 2, 4)
+    >>> logits[0, 1, 0] = 1.0  # class 1 wins one voxel of four, class 0 the other three
+    >>> [round(float(w), 3) for w in rare_class_weights(logits, 1.0)[0]]
+    [2.0, 2.0, 2.0, 2.0]
+    """
+    import torch
+
+    classes = teacher_logits.shape[1]
+    top = teacher_logits.topk(2, dim=1).indices  # (B, 2, *spatial)
+    counts = torch.bincount(top[:, 0].reshape(-1), minlength=classes).float()
+    voxels = float(top[:, 0].numel())
+    per_class = (voxels / (int((counts > 0).sum()) * counts.clamp_min(1.0))) ** exponent
+    return torch.maximum(per_class[top[:, 0]], per_class[top[:, 1]])
+
+
 @contextmanager
 def simulated_int8(network: Any, ranges: Mapping[int, tuple[float, float]]) -> Iterator[Any]:
     """Run ``network``'s convolutions with fake-quantised inputs and weights inside the block.
@@ -165,7 +212,8 @@ def distill_for_int8(
         Network inputs per sample (``[image]`` or ``[image, presence]``), as
         :func:`export.calibration.patch_set` gives them.
     settings
-        Steps, learning rate (Adam, decayed linearly to 0), focus margin, seed.
+        Steps, learning rate (Adam, decayed linearly to 0), focus margin, seed, rare-class
+        weight, convolutions kept float.
 
     Returns
     -------
@@ -187,7 +235,7 @@ def distill_for_int8(
     with torch.no_grad():
         targets = [logits_of(teacher(*batch)).to(torch.float16) for batch in batches]
     student = copy.deepcopy(teacher)
-    ranges = activation_ranges(student, batches)
+    ranges = without_float_ends(activation_ranges(student, batches), *settings.float_convs)
     optimiser = torch.optim.Adam(student.parameters(), lr=settings.learning_rate)
     rng = np.random.default_rng(settings.seed)
     losses: list[float] = []
@@ -197,6 +245,8 @@ def distill_for_int8(
             i = int(rng.integers(len(batches)))
             target = targets[i].float()
             weight = focus_weights(target, settings.focus_logit)
+            if settings.class_balance > 0:
+                weight = weight * rare_class_weights(target, settings.class_balance)
             error = (logits_of(student(*batches[i])) - target).square().mean(dim=1)
             loss = (error * weight).sum() / weight.sum()
             optimiser.zero_grad()

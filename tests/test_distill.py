@@ -12,7 +12,9 @@ from export.distill import (  # noqa: E402
     activation_ranges,
     distill_for_int8,
     focus_weights,
+    rare_class_weights,
     simulated_int8,
+    without_float_ends,
 )
 
 
@@ -73,6 +75,36 @@ def test_activation_ranges_include_zero_and_skip_unused_layers() -> None:
     assert ranges == {id(network[0]): (0.0, 3.0)}
 
 
+def test_activation_ranges_follow_the_call_order() -> None:
+    network = torch.nn.Sequential(torch.nn.Conv3d(1, 1, 1), torch.nn.Conv3d(1, 1, 1))
+    network.forward = lambda x: network[0](network[1](x))  # registered second, called first
+    ranges = activation_ranges(network, [[torch.ones((1, 1, 2, 2, 2))]])
+    assert list(ranges) == [id(network[1]), id(network[0])]
+
+
+def test_without_float_ends_drops_the_first_and_last_convolutions() -> None:
+    ranges = {k: (0.0, float(k)) for k in (5, 3, 9, 1)}
+    assert list(without_float_ends(ranges, 1, 2)) == [3]
+    assert list(without_float_ends(ranges, 0, 1)) == [5, 3, 9]
+    assert without_float_ends(ranges, 0, 0) == ranges
+    assert without_float_ends(ranges, 3, 3) == {}
+
+
+def test_rare_class_weights_favour_small_organs_and_their_rims() -> None:
+    logits = torch.zeros((1, 3, 1, 1, 100))
+    logits[0, 0] = 2.0  # background wins voxels 0-49 and 97
+    logits[0, 1] = 1.0  # a large organ, runner-up of the background
+    logits[0, 1, ..., 50:97] = 3.0  # ... wins 50-96 and 98
+    logits[0, 1, ..., 98] = 3.0
+    logits[0, 2, ..., 99] = 3.0  # a small organ wins the last voxel
+    logits[0, 2, ..., 97] = 1.5  # ... and is the runner-up next to it
+    weights = rare_class_weights(logits, 0.5)
+    assert weights.shape == (1, 1, 1, 100)
+    rim, organ, plain = weights[0, 0, 0, 97], weights[0, 0, 0, 99], weights[0, 0, 0, 10]
+    assert organ == rim and organ > 4 * plain
+    assert torch.allclose(rare_class_weights(logits, 0.0), torch.ones_like(weights))
+
+
 def test_focus_weights_favour_close_calls() -> None:
     logits = torch.tensor([[[[[4.0, 0.1]]], [[[0.0, 0.0]]]]])  # (1, 2 classes, 1, 1, 2)
     weights = focus_weights(logits, 0.5)
@@ -95,6 +127,16 @@ def test_distillation_lowers_the_int8_error_and_leaves_the_teacher_alone() -> No
     assert int8_error(student, teacher, samples) < 0.98 * int8_error(
         tiny_network(), teacher, samples)
     assert report["patches"] == 3 and report["steps"] == 60
+    assert report["loss_last_tenth"] < report["loss_first_tenth"]
+
+
+def test_distillation_with_rare_class_weights_and_float_ends_still_learns() -> None:
+    teacher = tiny_network()
+    samples = patches()
+    settings = DistillSettings(steps=60, learning_rate=3e-3, class_balance=0.5,
+                               float_convs=(1, 0))
+    _student, report = distill_for_int8(teacher, samples, settings, log=lambda line: None)
+    assert report["class_balance"] == 0.5 and list(report["float_convs"]) == [1, 0]
     assert report["loss_last_tenth"] < report["loss_first_tenth"]
 
 

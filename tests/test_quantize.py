@@ -484,6 +484,16 @@ def test_candidate_bundle_with_an_int8_model_of_each_backend(exported, tmp_path)
     assert load_bundle(exported["bundle"]).files == bundle.files  # the source is untouched
 
 
+def test_distillation_options_without_distill_are_refused(exported, tmp_path, capsys) -> None:
+    bundle_dir = fresh_bundle(exported, tmp_path)
+    before = (bundle_dir / "edgeseg.json").read_bytes()
+    code, _, err = run_cli(["quantize", str(bundle_dir), "--calib", str(exported["images"]),
+                            "--backend", "openvino", "--distill-class-balance", "0.5"], capsys)
+    assert code != 0
+    assert "--distill-class-balance and --distill-float-convs need --distill" in err
+    assert (bundle_dir / "edgeseg.json").read_bytes() == before
+
+
 def test_distilled_int8_is_quantised_from_the_student(exported, tmp_path, capsys,
                                                       monkeypatch) -> None:
     from export import quantize_bundle as qb
@@ -500,12 +510,15 @@ def test_distilled_int8_is_quantised_from_the_student(exported, tmp_path, capsys
     monkeypatch.setattr(qb, "quantize_variant", spy)
     code, out, err = run_cli(["quantize", str(bundle_dir), "--calib", str(exported["images"]),
                               "--backend", "openvino", "--patches-per-image", "1", "--bar",
-                              "0", "--no-mixed", "--distill", "--distill-steps", "4"], capsys)
+                              "0", "--no-mixed", "--distill", "--distill-steps", "4",
+                              "--distill-class-balance", "0.5", "--distill-float-convs", "1"],
+                             capsys)
     assert code == 0, err
     assert quantised_from == ["student.onnx"]
     bundle = load_bundle(bundle_dir)
     distillation = bundle.fidelity["distillation"]
     assert distillation["steps"] == 4 and distillation["patches"] >= 2
+    assert distillation["class_balance"] == 0.5 and list(distillation["float_convs"]) == [1, 1]
     assert distillation["source_max_abs_diff"] <= 1e-3
     assert np.isfinite(distillation["loss_last_tenth"])
     assert bundle.fidelity["variants"]["int8_openvino"]["quantised_from"] == "distilled student"

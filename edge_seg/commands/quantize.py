@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from edge_seg.errors import MissingExtraError
+from edge_seg.errors import EdgesegError, MissingExtraError
 
 
 def _require(backends: list[str], distill: bool) -> None:
@@ -70,6 +70,16 @@ def register(app: typer.Typer) -> None:
             None, "--distill-steps", min=1, help="Distillation steps, one patch each "
             "(default: 300, the measured recipe)."
         ),
+        distill_class_balance: float = typer.Option(
+            0.0, "--distill-class-balance", min=0.0, help="Weight the voxels of small organs "
+            "(and their rims) up by (share of an average class / share of the organ) ** this "
+            "in the distillation loss; 0 (default) is off."
+        ),
+        distill_float_convs: str = typer.Option(
+            "0", "--distill-float-convs", help="Convolutions the student simulates in float, "
+            "as a mixed level: N or FIRST,LAST (e.g. 1,2 for the level the INT8 model will "
+            "ship at; default 0: all INT8)."
+        ),
     ) -> None:
         """Post-training INT8 (OpenVINO via NNCF, ONNX Runtime QDQ) with a fidelity report."""
         backends = [part for value in backend for part in value.split(",") if part]
@@ -79,8 +89,16 @@ def register(app: typer.Typer) -> None:
         from export.quantize_bundle import quantize_bundle
 
         settings = None
+        if not distill and (distill_class_balance or distill_float_convs != "0"):
+            raise EdgesegError("--distill-class-balance and --distill-float-convs need "
+                               "--distill")
         if distill:
-            settings = DistillSettings(**({"steps": distill_steps} if distill_steps else {}))
+            from export.quantize import float_ends, parse_level
+
+            settings = DistillSettings(
+                **({"steps": distill_steps} if distill_steps else {}),
+                class_balance=distill_class_balance,
+                float_convs=float_ends(parse_level(distill_float_convs)))
         result = quantize_bundle(bundle, calib, holdout, backends, patches_per_image, bar,
                                  not no_mixed, threads, not no_accuracy_aware, log=typer.echo,
                                  distill=settings, distill_source=distill_source)
