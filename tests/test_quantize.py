@@ -492,6 +492,10 @@ def test_distillation_options_without_distill_are_refused(exported, tmp_path, ca
     assert code != 0
     assert "--distill-class-balance and --distill-float-convs need --distill" in err
     assert (bundle_dir / "edgeseg.json").read_bytes() == before
+    code, _, err = run_cli(["quantize", str(bundle_dir), "--calib", str(exported["images"]),
+                            "--distill", "--distill-float-convs", "x,y"], capsys)
+    assert code != 0 and "--distill-float-convs: mixed level 'x,y'" in err
+    assert (bundle_dir / "edgeseg.json").read_bytes() == before
 
 
 def test_distilled_int8_is_quantised_from_the_student(exported, tmp_path, capsys,

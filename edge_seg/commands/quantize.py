@@ -95,10 +95,13 @@ def register(app: typer.Typer) -> None:
         if distill:
             from export.quantize import float_ends, parse_level
 
+            try:
+                float_convs = float_ends(parse_level(distill_float_convs))
+            except EdgesegError as exc:
+                raise EdgesegError(f"--distill-float-convs: {exc}") from exc
             settings = DistillSettings(
                 **({"steps": distill_steps} if distill_steps else {}),
-                class_balance=distill_class_balance,
-                float_convs=float_ends(parse_level(distill_float_convs)))
+                class_balance=distill_class_balance, float_convs=float_convs)
         result = quantize_bundle(bundle, calib, holdout, backends, patches_per_image, bar,
                                  not no_mixed, threads, not no_accuracy_aware, log=typer.echo,
                                  distill=settings, distill_source=distill_source)
