@@ -169,8 +169,8 @@ def main() -> None:
         print(label, json.dumps(rows[label]), flush=True)
 
     command = " ".join(["python benchmarks/bench_int8_distill.py", str(args.bundle),
-                        f"--calib {args.calib}",
-                        ] + [f"--holdout {folder}" for folder in args.holdout]
+                        f"--calib {args.calib}"]
+                       + [f"--holdout {folder}" for folder in args.holdout]
                        + [f"--level {level}" for level in levels]
                        + ([f"--vs-nnunet {args.vs_nnunet}"] if args.vs_nnunet else [])
                        + ([f"--source {args.source}"] if args.source else [])

@@ -110,10 +110,12 @@ def activation_ranges(network: Any,
 def without_float_ends(ranges: Mapping[int, tuple[float, float]], first: int,
                        last: int) -> dict[int, tuple[float, float]]:
     """``ranges`` less its ``first`` and ``last`` entries (in call order): the convolutions a
-    mixed-precision level keeps in float, which :func:`simulated_int8` then leaves alone."""
-    order = list(ranges)
-    kept = order[first:len(order) - last] if last > 0 else order[first:]
-    return {key: ranges[key] for key in kept}
+    mixed-precision level keeps in float (the quantiser's own rule,
+    :func:`export.quantize.sensitive_layers`), which :func:`simulated_int8` then leaves alone."""
+    from export.quantize import sensitive_layers
+
+    kept_float = set(sensitive_layers(list(ranges), (first, last)))
+    return {key: value for key, value in ranges.items() if key not in kept_float}
 
 
 def _fake_quantised_forward(module: Any, low: float, high: float) -> Callable[[Any], Any]:

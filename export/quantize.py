@@ -36,11 +36,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from edge_seg.errors import EdgesegError
+
+T = TypeVar("T")
 
 OPENVINO = "openvino"
 ONNXRUNTIME = "onnxruntime"
@@ -253,9 +255,10 @@ def norm_node_names(onnx_path: str | Path) -> list[str]:
     return _onnx_node_names(onnx_path, NORM_TYPES_ONNX)
 
 
-def sensitive_layers(names: Sequence[str], count: FloatEnds = 1) -> list[str]:
+def sensitive_layers(names: Sequence[T], count: FloatEnds = 1) -> list[T]:
     """The first and last convolutions (input intensities and output logits) that a
-    mixed-precision level keeps in float (``count``: see :data:`FloatEnds`)."""
+    mixed-precision level keeps in float (``count``: see :data:`FloatEnds`); ``names`` in
+    graph order (node names here, module ids in :mod:`export.distill`)."""
     first, last = float_ends(count)
     if first <= 0 and last <= 0:
         return []  # plain INT8
