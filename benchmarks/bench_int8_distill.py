@@ -22,10 +22,10 @@ Usage::
     python benchmarks/bench_int8_distill.py edge_seg/models/halos_ct --level 0 \\
         --calib /tmp/edgeseg_ref/calib --holdout /tmp/edgeseg_ref/holdout
 
-``--source`` defaults to the location recorded in the bundle's provenance. ``--class-balance``
-and ``--float-convs`` set the student's rare-class weight and the convolutions it simulates in
-float (:class:`export.distill.DistillSettings`); ``--no-baseline`` skips the INT8 models
-rebuilt from the fp32 model (their figures are in earlier result files).
+``--source`` defaults to the location recorded in the bundle's provenance. ``--class-balance``,
+``--float-convs`` and ``--objective`` set the student's rare-class weight, the convolutions it
+simulates in float and its loss (:class:`export.distill.DistillSettings`); ``--no-baseline``
+skips the INT8 models rebuilt from the fp32 model (their figures are in earlier result files).
 ``--vs-nnunet`` is the work folder of ``bench_vs_nnunet.py`` (``imagesTs/``, ``nnunet/``).
 """
 
@@ -51,21 +51,21 @@ from edge_seg.bundle import load_bundle
 from edge_seg.io import read_volume
 from evaluator.atomic import write_text_atomic
 from export.calibration import list_images, patch_set, read_images
-from export.distill import DistillSettings
-from export.fidelity import Run, compare, predict_all
+from export.distill import OBJECTIVES, DistillSettings
+from export.fidelity import Run, cleanup_text, compare, label_cleanup, predict_all
 from export.quantize import float_ends, mixed_suffix, parse_level
 from export.quantize_bundle import bundle_with_int8, distilled_student
 
 
 def vs_nnunet(bundle_dir: Path, folder: Path, threads: int | None) -> dict[str, float]:
-    """Per case: mean organ Dice of INT8 labels (crop none, no LCC) vs nnU-Net's."""
+    """Per case: mean organ Dice of INT8 labels (crop none, no clean-up) vs nnU-Net's."""
     import SimpleITK as sitk
 
     from edge_seg.options import PredictOptions
     from edge_seg.predict import Predictor
 
     predictor = Predictor(bundle_dir, PredictOptions(precision="int8", crop="none", lcc=False,
-                                                     threads=threads))
+                                                     min_component_ml=0.0, threads=threads))
     scores = {}
     for image in sorted((folder / "imagesTs").glob("*.nii.gz")):
         case = image.name.replace("_0000.nii.gz", "")
@@ -104,6 +104,7 @@ def main() -> None:
     parser.add_argument("--class-balance", type=float, default=DistillSettings.class_balance)
     parser.add_argument("--float-convs", default="0",
                         help="convolutions the student simulates in float: N or FIRST,LAST")
+    parser.add_argument("--objective", choices=OBJECTIVES, default=DistillSettings.objective)
     parser.add_argument("--no-baseline", action="store_true",
                         help="do not rebuild INT8 models from the fp32 model")
     parser.add_argument("--threads", type=int, default=2)
@@ -123,7 +124,8 @@ def main() -> None:
     settings = DistillSettings(args.steps, args.lr, args.focus,
                                patches_per_image=args.distill_patches_per_image,
                                class_balance=args.class_balance,
-                               float_convs=float_ends(parse_level(args.float_convs)))
+                               float_convs=float_ends(parse_level(args.float_convs)),
+                               objective=args.objective)
     work = Path(tempfile.mkdtemp(prefix="bench_distill_"))
     atexit.register(shutil.rmtree, work, ignore_errors=True)  # holds links to bundle files
     student_onnx, report = distilled_student(bundle, calib, samples, work, settings,
@@ -179,15 +181,18 @@ def main() -> None:
                        + ([f"--class-balance {args.class_balance}"] if args.class_balance else [])
                        + ([f"--float-convs {args.float_convs}"] if args.float_convs != "0"
                           else [])
+                       + ([f"--objective {args.objective}"] if args.objective != "logits"
+                          else [])
                        + (["--no-baseline"] if args.no_baseline else []))
     lines = [f"# INT8-aware distillation: {bundle.name}", "", f"Command: `{command}`", "",
              f"Host: {cpu_description()}. Student trained {report['steps']} steps on "
-             f"{report['patches']} calibration patches in {report['seconds']:.0f} s (weighted "
-             f"logit MSE {report['loss_first_tenth']:.5f} in the first tenth of the steps, "
-             f"{report['loss_last_tenth']:.5f} in the last; rare-class weight exponent "
-             f"{report['class_balance']}, convolutions simulated in float (first, last) "
-             f"{tuple(report['float_convs'])}). Rebuilt INT8 models: OpenVINO "
-             f"(NNCF, {len(samples)} calibration patches).", "",
+             f"{report['patches']} calibration patches in {report['seconds']:.0f} s (objective "
+             f"{report['objective']}; weighted loss {report['loss_first_tenth']:.5f} in the first "
+             f"tenth of the steps, {report['loss_last_tenth']:.5f} in the last; rare-class "
+             f"weight exponent {report['class_balance']}, convolutions simulated in float "
+             f"(first, last) {tuple(report['float_convs'])}). Rebuilt INT8 models: OpenVINO "
+             f"(NNCF, {len(samples)} calibration patches). Label maps: "
+             f"{cleanup_text(label_cleanup())}.", "",
              "| INT8 model | " + " | ".join(f"vs fp32, {f} (mean / worst)" for f in holdout_sets)
              + " | all held out | vs nnU-Net per case | vs nnU-Net mean |",
              "|---|" + "---|" * (len(holdout_sets) + 3)]
@@ -204,6 +209,8 @@ def main() -> None:
         level.replace(",", "_") for level in levels))
     if args.class_balance or args.float_convs != "0":
         stem += f"_balance{args.class_balance:g}_float{args.float_convs.replace(',', '_')}"
+    if args.objective != "logits":
+        stem += f"_{args.objective}"
     write_text_atomic(args.output_dir / f"{stem}.md", text)
     write_text_atomic(args.output_dir / f"{stem}.json", json.dumps(
         {"command": command, "match_max_abs_diff": match, "distill": report, "rows": rows},

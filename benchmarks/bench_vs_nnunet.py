@@ -5,9 +5,9 @@ Phantom CTs are written as an nnU-Net ``imagesTs`` folder and segmented
 * by ``nnUNetv2_predict -device cpu --disable_tta`` (one fold: ``-f 0``) from the reference
   model's genuine nnU-Net v2 results folder, and
 * by ``edgeseg predict IN_DIR OUT_DIR`` with the bundle exported from that same checkpoint, in
-  fp32 and INT8, with default options (``--crop auto``, LCC), with ``--no-lcc`` (nnU-Net
-  applies no LCC either) and with ``--crop none --no-lcc`` (the configuration that is nnU-Net's
-  computation exactly).
+  fp32 and INT8, with default options (``--crop auto``, LCC, specks under 0.5 ml removed),
+  with ``--no-lcc --min-component-ml 0`` (nnU-Net applies neither clean-up) and with
+  ``--crop none`` added to that (the configuration that is nnU-Net's computation exactly).
 
 Each command processes the whole folder in one fresh process (model loaded once), pinned to the
 same 2 cores, timed from process start until the last file is written. Agreement: Dice per
@@ -156,8 +156,8 @@ def main() -> None:
             continue
         for label, extra in (
             ("default", []),
-            ("crop auto, no LCC", ["--no-lcc"]),
-            ("exact", ["--crop", "none", "--no-lcc"]),
+            ("crop auto, no LCC", ["--no-lcc", "--min-component-ml", "0"]),
+            ("exact", ["--crop", "none", "--no-lcc", "--min-component-ml", "0"]),
         ):
             out = args.work / f"edgeseg_{precision}_{label.replace(', ', '_').replace(' ', '_')}"
             argv = [*edgeseg, str(out), "--model", str(args.model), "--precision", precision,
@@ -200,9 +200,10 @@ def main() -> None:
         f"{args.cases} phantom CTs (seeds {SEED}..{SEED + args.cases - 1}, {args.matrix}x"
         f"{args.matrix} in-plane, protocol slice count). Whole folder per fresh process, pinned "
         f"to 2 cores; nnU-Net: `nnUNetv2_predict -d {args.dataset} -c 3d_fullres -f 0 -device cpu "
-        "--disable_tta`. `default` = edgeseg's defaults (`--crop auto`, LCC); `crop auto, no "
-        "LCC` = `--no-lcc` (nnU-Net applies no LCC either); `exact` = "
-        "`--crop none --no-lcc`. Agreement = per-case mean over organs of Dice(edgeseg, nnU-Net)."
+        "--disable_tta`. `default` = edgeseg's defaults (`--crop auto`, LCC, specks under "
+        "0.5 ml removed); `crop auto, no LCC` = `--no-lcc --min-component-ml 0` (nnU-Net "
+        "applies neither clean-up); `exact` = `--crop none --no-lcc --min-component-ml 0`. "
+        "Agreement = per-case mean over organs of Dice(edgeseg, nnU-Net)."
         + (f" Times: median of {args.repeats} runs of each predictor, rounds interleaved (the "
            "order rotating), min-max in brackets; peak RSS: the largest." if args.repeats > 1
            else ""),

@@ -8,6 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: Organ components below this volume (ml) are removed from a label map by default. The
+#: smallest organs of the FLARE set are several ml when present (an adrenal gland 4-6 ml, the
+#: abdominal oesophagus 5 ml and more), so a component of under half a millilitre (18 voxels
+#: of a 3 mm network grid) is a speck: a few voxels whose class any perturbation of the
+#: logits, INT8 rounding included, can flip, and no organ.
+DEFAULT_MIN_COMPONENT_ML = 0.5
+
 
 @dataclass
 class PredictOptions:
@@ -24,6 +31,9 @@ class PredictOptions:
         ``auto``, ``none`` or ``middle:N`` (see :mod:`edge_seg.crop`).
     lcc : bool
         Keep only the largest connected component of each organ.
+    min_component_ml : float
+        Remove organ components smaller than this volume in ml, the largest included
+        (0: keep them; see :data:`DEFAULT_MIN_COMPONENT_ML`).
     absent_organs : tuple of str or int
         Organs known to be absent (names or label numbers), e.g. after resection.
     presence : {"prior", "auto"}
@@ -47,6 +57,7 @@ class PredictOptions:
     step: float = 0.5
     crop: str = "auto"
     lcc: bool = True
+    min_component_ml: float = DEFAULT_MIN_COMPONENT_ML
     absent_organs: tuple[str | int, ...] = ()
     presence: str = "prior"
     threads: int | None = None

@@ -1,4 +1,4 @@
-"""Label-map clean-up after the argmax: largest connected component per organ, organ volumes."""
+"""Label-map clean-up after the argmax: largest component per organ, specks, organ volumes."""
 
 from __future__ import annotations
 
@@ -9,14 +9,18 @@ import numpy as np
 
 
 def keep_largest_component(
-    labels: np.ndarray, values: Sequence[int] | None = None, connectivity: int = 26
+    labels: np.ndarray,
+    values: Sequence[int] | None = None,
+    connectivity: int = 26,
+    min_voxels: int = 0,
 ) -> np.ndarray:
     """Keep only the largest connected component of each organ label, in place.
 
     Each abdominal organ is one connected structure, so smaller islands of the same label are
     false positives; their voxels become background (0). One multi-label labelling of the
     scan's labelled box finds the components of all organs at once; a component is removed
-    when another component of its label is larger.
+    when another component of its label is larger, or when it has fewer than ``min_voxels``
+    voxels (see :func:`min_component_voxels`).
 
     Parameters
     ----------
@@ -26,6 +30,8 @@ def keep_largest_component(
         Labels to clean (default: every non-zero label present).
     connectivity : {6, 18, 26}
         Voxel neighbourhood defining "connected".
+    min_voxels : int
+        Components smaller than this are removed too, the largest included (0: none).
 
     Examples
     --------
@@ -35,6 +41,52 @@ def keep_largest_component(
     >>> int(keep_largest_component(labels).sum())
     27
     """
+    return _remove_components(labels, values, connectivity, True, min_voxels)
+
+
+def remove_small_components(
+    labels: np.ndarray,
+    min_voxels: int,
+    values: Sequence[int] | None = None,
+    connectivity: int = 26,
+) -> np.ndarray:
+    """Remove, in place, every organ component with fewer than ``min_voxels`` voxels.
+
+    The clean-up for runs that keep every component (``--no-lcc``); parameters as in
+    :func:`keep_largest_component`.
+
+    Examples
+    --------
+    >>> labels = np.zeros((8, 8, 8), np.uint8)
+    >>> labels[1:4, 1:4, 1:4] = 1  # a kidney
+    >>> labels[5:8, 5:8, 5:8] = 1  # the other kidney, same label in this example
+    >>> labels[0, 7, 0] = 2        # a one-voxel speck
+    >>> cleaned = remove_small_components(labels, min_voxels=2)
+    >>> int((cleaned == 1).sum()), int((cleaned == 2).sum())
+    (54, 0)
+    """
+    return _remove_components(labels, values, connectivity, False, min_voxels)
+
+
+def min_component_voxels(min_ml: float, spacing_mm: Sequence[float]) -> int:
+    """The voxel count of ``min_ml`` millilitres at ``spacing_mm`` (rounded up; 0 for 0 ml).
+
+    >>> min_component_voxels(0.5, (1.5, 1.5, 2.0))  # 4.5 mm3 voxels
+    112
+    """
+    if min_ml <= 0:
+        return 0
+    voxel_mm3 = float(np.prod(spacing_mm))
+    return int(np.ceil(min_ml * 1000.0 / voxel_mm3 - 1e-9))
+
+
+def _remove_components(
+    labels: np.ndarray,
+    values: Sequence[int] | None,
+    connectivity: int,
+    largest_only: bool,
+    min_voxels: int,
+) -> np.ndarray:
     foreground = _foreground_box(labels)
     if foreground is None:
         return labels
@@ -53,10 +105,13 @@ def keep_largest_component(
         label_of[ids] = region[rows].reshape(-1)
     order = np.lexsort((-sizes[1:], label_of[1:])) + 1  # by label, biggest first
     ordered = label_of[order]
-    biggest = np.r_[True, ordered[1:] != ordered[:-1]]
     cleaned = ordered > 0 if values is None else np.isin(ordered, list(values))
+    drop = sizes[order] < min_voxels
+    if largest_only:
+        biggest = np.r_[True, ordered[1:] != ordered[:-1]]
+        drop |= ~biggest
     remove = np.zeros(n + 1, dtype=bool)
-    remove[order] = cleaned & ~biggest
+    remove[order] = cleaned & drop
     if remove.any():
         for rows in slabs:
             np.copyto(region[rows], 0, where=remove[components[rows]])

@@ -2,7 +2,8 @@
 
 scan -> (middle:N crop) -> nnU-Net preprocessing -> (auto crop: first pass on non-overlapping
 patches) -> Gaussian sliding window on OpenVINO / ONNX Runtime -> absent-organ handling ->
-logits resampled to the scan grid and argmaxed slice by slice -> largest component per organ.
+logits resampled to the scan grid and argmaxed slice by slice -> largest component per organ
+(specks under 0.5 ml removed).
 """
 
 from __future__ import annotations
@@ -28,7 +29,12 @@ from edge_seg.errors import EdgesegError, NotEnoughMemoryError
 from edge_seg.io import Volume, available_memory_bytes
 from edge_seg.launch import open_predictor_and_read
 from edge_seg.options import PredictOptions
-from edge_seg.postprocess import keep_largest_component, organ_volumes_ml
+from edge_seg.postprocess import (
+    keep_largest_component,
+    min_component_voxels,
+    organ_volumes_ml,
+    remove_small_components,
+)
 from edge_seg.preprocess import preprocess, resampling_settings
 from edge_seg.resample import logits_to_labels
 from edge_seg.window import PatchStream, count_patches, padding_for, sliding_window
@@ -113,6 +119,10 @@ class Predictor:
             raise EdgesegError(f"--step: {self.options.step} is not in (0, 1]")
         if self.options.presence not in ("prior", "auto"):
             raise EdgesegError(f"--presence: {self.options.presence!r} is not one of prior, auto")
+        if not self.options.min_component_ml >= 0:  # NaN fails too
+            raise EdgesegError(
+                f"--min-component-ml: {self.options.min_component_ml} is not a volume >= 0"
+            )
         try:
             self.absent = resolve_organs(self.options.absent_organs, self.bundle.labels)
         except ValueError as exc:
@@ -303,8 +313,11 @@ class Predictor:
             labels[z_keep] = labels_part
         else:
             labels = labels_part
+        min_voxels = min_component_voxels(options.min_component_ml, volume.spacing_mm)
         if options.lcc:
-            keep_largest_component(labels, sorted(self.organs.values()))
+            keep_largest_component(labels, sorted(self.organs.values()), min_voxels=min_voxels)
+        elif min_voxels:
+            remove_small_components(labels, min_voxels, sorted(self.organs.values()))
         timings["postprocess"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - started
 

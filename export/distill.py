@@ -22,7 +22,12 @@ quantiser is calibrated. Distillation lowers the error itself:
   voxels that flip *into* a small organ are the teacher's background next to it;
 * optionally (``float_convs``) the student keeps the first / last convolutions, in the order
   the forward pass calls them, in float, as the mixed-precision level it will be quantised
-  at does.
+  at does;
+* optionally (``objective="labels"``) each voxel's loss also has a hinge on the student's
+  lead of the teacher's winning class (:func:`voxel_loss`), under the same weight. The logit
+  error alone spends the student's capacity on every class's logit alike, the agreement bar
+  only asks for the same winner; the squared error stays in so that the logits keep the
+  teacher's scale where the winner is already right (the sliding window averages them).
 
 Gradients pass the rounding unchanged (straight-through estimator, PyTorch's fake-quantise
 ops). No labels are used: the calibration images suffice. The student's weights are exported to
@@ -49,6 +54,10 @@ from edge_seg.bundle import Bundle
 
 #: ``quantised_from`` of an INT8 variant quantised from the student (fidelity report).
 STUDENT_ORIGIN = "distilled student"
+#: What the student's loss compares with the teacher (:class:`DistillSettings`).
+OBJECTIVES = ("logits", "labels")
+#: Lead (logits) of the teacher's winner in the student beyond which the ``labels`` hinge is 0.
+LABEL_MARGIN = 0.25
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,14 @@ class DistillSettings:
     class_balance: float = 0.0
     #: ``(first, last)`` convolutions the student simulates in float (a mixed level).
     float_convs: tuple[int, int] = (0, 0)
+    #: ``logits`` (squared logit error) or ``labels`` (plus cross-entropy on the teacher's
+    #: winner; see the module docstring).
+    objective: str = "logits"
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"distillation objective {self.objective!r} is not one of "
+                             f"{', '.join(OBJECTIVES)}")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -148,6 +165,33 @@ def _fake_quantised_forward(module: Any, low: float, high: float) -> Callable[[A
     return forward
 
 
+def voxel_loss(student_logits: Any, teacher_logits: Any, objective: str = "logits") -> Any:
+    """Per voxel: the mean squared logit error, plus for ``labels`` the hinge
+    ``max(0, LABEL_MARGIN - (s_t - max_{k != t} s_k))`` on the student's logits ``s``, ``t``
+    the teacher's winner (classes on dim 1; the result drops that dim).
+
+    The hinge is zero once the student's winner is the teacher's by :data:`LABEL_MARGIN`, so
+    unlike a cross-entropy it does not keep inflating the logits of voxels already right.
+
+    >>> import torch
+    >>> teacher = torch.tensor([[[2.0], [0.0]]])  # one voxel, class 0 wins
+    >>> student = torch.tensor([[[0.0], [2.0]]])  # class 1 wins: a flipped voxel
+    >>> float(voxel_loss(student, teacher)[0, 0])
+    4.0
+    >>> float(voxel_loss(student, teacher, "labels")[0, 0])  # 4 + (0.25 + 2)
+    6.25
+    """
+    import torch
+
+    error = (student_logits - teacher_logits).square().mean(dim=1)
+    if objective == "labels":
+        winner = teacher_logits.argmax(dim=1, keepdim=True)
+        own = student_logits.gather(1, winner).squeeze(1)
+        rival = student_logits.scatter(1, winner, float("-inf")).amax(dim=1)
+        error = error + torch.relu(LABEL_MARGIN - (own - rival))
+    return error
+
+
 def focus_weights(teacher_logits: Any, focus_logit: float) -> Any:
     """``0.1 + exp(-m / focus)`` per voxel, ``m`` the teacher's top-two lead (classes on dim 1)."""
     import torch
@@ -215,7 +259,7 @@ def distill_for_int8(
         :func:`export.calibration.patch_set` gives them.
     settings
         Steps, learning rate (Adam, decayed linearly to 0), focus margin, seed, rare-class
-        weight, convolutions kept float.
+        weight, convolutions kept float, objective.
 
     Returns
     -------
@@ -249,7 +293,7 @@ def distill_for_int8(
             weight = focus_weights(target, settings.focus_logit)
             if settings.class_balance > 0:
                 weight = weight * rare_class_weights(target, settings.class_balance)
-            error = (logits_of(student(*batches[i])) - target).square().mean(dim=1)
+            error = voxel_loss(logits_of(student(*batches[i])), target, settings.objective)
             loss = (error * weight).sum() / weight.sum()
             optimiser.zero_grad()
             loss.backward()

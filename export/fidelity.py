@@ -1,11 +1,11 @@
 """The INT8 fidelity report: does the quantised model label the same voxels as fp32?
 
 Agreement is measured where it matters to users, on whole-image label maps produced by the
-runtime (:class:`edge_seg.predict.Predictor`: preprocessing, sliding window, argmax,
-post-processing), on held-out images that were not used for calibration. Per organ we compute
-the Dice overlap of the INT8 and fp32 label maps (both empty counts as 1, the FLARE
-convention), then the mean over organs and the worst organ, and the latency ratio of the two
-runs on the same backend in the same process.
+runtime (:class:`edge_seg.predict.Predictor`: preprocessing, sliding window, argmax, the
+default clean-up of :func:`label_cleanup`), on held-out images that were not used for
+calibration. Per organ we compute the Dice overlap of the INT8 and fp32 label maps (both
+empty counts as 1, the FLARE convention), then the mean over organs and the worst organ, and
+the latency ratio of the two runs on the same backend in the same process.
 
 A variant below the bar may be the quantiser's fault or the model's: a class the fp32 model
 itself barely decides (most of its voxels within a fraction of a logit of the runner-up) loses
@@ -36,6 +36,29 @@ if TYPE_CHECKING:
 AGREEMENT_BAR = 0.98
 #: fp32 lead (logits) of the winner over the runner-up below which a voxel counts as undecided.
 UNDECIDED_MARGIN = 0.5
+
+
+def label_cleanup() -> dict[str, Any]:
+    """The clean-up ``edgeseg predict`` applies by default, under which agreement is measured.
+
+    Largest component per organ, and no component under
+    :data:`edge_seg.options.DEFAULT_MIN_COMPONENT_ML`: a speck of a few voxels that fp32 and
+    INT8 label differently would otherwise decide a whole organ's Dice for that image.
+    """
+    from edge_seg.options import PredictOptions
+
+    defaults = PredictOptions()
+    return {"largest_component": defaults.lcc, "min_component_ml": defaults.min_component_ml}
+
+
+def cleanup_text(cleanup: Mapping[str, Any] | None) -> str:
+    """``label_cleanup()`` in words; a stored report without the key predates speck removal."""
+    if cleanup is None:
+        return "largest component per organ, no speck removal"
+    parts = ["largest component per organ" if cleanup.get("largest_component") else "no LCC"]
+    minimum = cleanup.get("min_component_ml") or 0
+    parts.append(f"components under {minimum:g} ml removed" if minimum else "no speck removal")
+    return ", ".join(parts)
 
 
 def dice_agreement(reference: np.ndarray, candidate: np.ndarray,
@@ -207,6 +230,7 @@ def recheck_bundle(bundle: Bundle, volumes: Sequence[Volume], threads: int | Non
         raise EdgesegError(f"{bundle.root}: the bundle ships no validated INT8 model to check")
     names = [volume.name for volume in volumes]
     reports = {}
+    cleanup = label_cleanup()
     for key in shipped:
         backend = INT8_BACKENDS[key]
         reference = predict_all(bundle.root, backend, "fp32", volumes, threads)
@@ -215,7 +239,8 @@ def recheck_bundle(bundle: Bundle, volumes: Sequence[Volume], threads: int | Non
                              bundle.fidelity.get("variants", {}).items()
                              if variant.get("file") == bundle.files[key]), (key, {}))
         reports[key] = {**compare(reference, candidate, bundle.organs, names, bar),
-                        "variant": name, "stored_mean_dice": report.get("mean_dice")}
+                        "variant": name, "stored_mean_dice": report.get("mean_dice"),
+                        "label_cleanup": cleanup}
     return reports
 
 
@@ -239,9 +264,13 @@ def format_recheck(reports: Mapping[str, Mapping[str, Any]],
         if len(images) > 1:
             lines.append(f"{key} per image: "
                          + ", ".join(f"{name} {value:.4f}" for name, value in images.items()))
+    here = next((r["label_cleanup"] for r in reports.values() if "label_cleanup" in r), None)
+    if here is not None:
+        lines.append(f"label maps here: {cleanup_text(here)}")
     if stored.get("measured_at") or stored.get("cpu"):
         lines.append(f"stored: measured by edgeseg quantize on {stored.get('cpu', '?')}, "
-                     f"{stored.get('measured_at', '?')}")
+                     f"{stored.get('measured_at', '?')}; "
+                     f"label maps: {cleanup_text(stored.get('label_cleanup'))}")
     return "\n".join(lines)
 
 

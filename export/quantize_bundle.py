@@ -37,6 +37,7 @@ from export.fidelity import (
     Run,
     compare,
     fp32_undecided_shares,
+    label_cleanup,
     predict_all,
 )
 from export.quantize import (
@@ -263,6 +264,7 @@ def quantize_bundle(
             "calibration_images": [v.name for v in calib_volumes],
             "calibration_patches": len(patches.inputs),
             "holdout_images": names,
+            "label_cleanup": label_cleanup(),
             "variants": variants,
         }
         if distillation is None and any(r.get("quantised_from") == STUDENT_ORIGIN

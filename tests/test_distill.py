@@ -14,6 +14,7 @@ from export.distill import (  # noqa: E402
     focus_weights,
     rare_class_weights,
     simulated_int8,
+    voxel_loss,
     without_float_ends,
 )
 
@@ -138,6 +139,42 @@ def test_distillation_with_rare_class_weights_and_float_ends_still_learns() -> N
     _student, report = distill_for_int8(teacher, samples, settings, log=lambda line: None)
     assert report["class_balance"] == 0.5 and list(report["float_convs"]) == [1, 0]
     assert report["loss_last_tenth"] < report["loss_first_tenth"]
+
+
+def int8_flips(network: torch.nn.Module, teacher: torch.nn.Module,
+               samples: list[list[np.ndarray]]) -> int:
+    """Voxels whose winning class under simulated INT8 differs from the teacher's."""
+    batches = [[torch.from_numpy(a) for a in sample] for sample in samples]
+    ranges = activation_ranges(network, batches)
+    flips = 0
+    with torch.no_grad(), simulated_int8(network, ranges):
+        for batch in batches:
+            flips += int((network(*batch).argmax(1) != teacher(*batch).argmax(1)).sum())
+    return flips
+
+
+def test_label_objective_adds_cross_entropy_on_the_teachers_winner() -> None:
+    teacher = torch.tensor([[[3.0, 0.0], [0.0, 3.0]]])  # (1, 2 classes, 2 voxels)
+    same_winner = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    mse = voxel_loss(same_winner, teacher)
+    labels = voxel_loss(same_winner, teacher, "labels")
+    np.testing.assert_allclose(mse.numpy(), [[2.0, 2.0]])
+    # The hinge is zero once the right winner leads by LABEL_MARGIN, large for a flip.
+    np.testing.assert_allclose(labels.numpy(), mse.numpy())
+    flipped = voxel_loss(same_winner.flip(1), teacher, "labels") - voxel_loss(
+        same_winner.flip(1), teacher)
+    np.testing.assert_allclose(flipped.numpy(), [[1.25, 1.25]])
+
+
+def test_distillation_with_the_label_objective_flips_fewer_voxels() -> None:
+    teacher = tiny_network()
+    samples = patches()
+    settings = DistillSettings(steps=200, learning_rate=1e-2, objective="labels")
+    student, report = distill_for_int8(teacher, samples, settings, log=lambda line: None)
+    assert report["objective"] == "labels"
+    assert int8_flips(student, teacher, samples) < int8_flips(tiny_network(), teacher, samples)
+    with pytest.raises(ValueError, match="objective 'dice' is not one of logits, labels"):
+        DistillSettings(objective="dice")
 
 
 def test_distillation_needs_patches() -> None:

@@ -26,7 +26,11 @@ from edge_seg.crop import (
 )
 from edge_seg.errors import EdgesegError
 from edge_seg.io import Volume
-from edge_seg.postprocess import keep_largest_component
+from edge_seg.postprocess import (
+    keep_largest_component,
+    min_component_voxels,
+    remove_small_components,
+)
 from edge_seg.predict import PredictOptions, Predictor
 from edge_seg.resample import logits_to_labels
 from edge_seg.window import (
@@ -351,6 +355,41 @@ def test_keep_largest_component_matches_organ_by_organ(scale: int) -> None:
     assert (only_two == 1).sum() == (labels == 1).sum()  # label 1 untouched
 
 
+def _specked_labels() -> np.ndarray:
+    labels = np.zeros((12, 12, 12), np.uint8)
+    labels[1:5, 1:5, 1:5] = 1  # 64 voxels
+    labels[7:10, 7:10, 7:10] = 1  # a second component of 27
+    labels[1:3, 8:10, 8:11] = 2  # 12 voxels: the whole of label 2
+    labels[11, 0, 11] = 3  # a one-voxel speck, touching nothing
+    return labels
+
+
+def test_remove_small_components_keeps_every_component_at_or_above_the_size() -> None:
+    labels = _specked_labels()
+    cleaned = remove_small_components(labels.copy(), min_voxels=12)
+    assert (cleaned == 1).sum() == 64 + 27  # both components of 1 stay: no LCC here
+    assert (cleaned == 2).sum() == 12  # exactly at the size: kept
+    assert (cleaned == 3).sum() == 0
+    assert (remove_small_components(labels.copy(), 28) == 1).sum() == 64
+    np.testing.assert_array_equal(remove_small_components(labels.copy(), 0), labels)
+
+
+def test_keep_largest_component_with_a_minimum_drops_an_organ_that_is_all_speck() -> None:
+    labels = _specked_labels()
+    cleaned = keep_largest_component(labels.copy(), min_voxels=13)
+    assert (cleaned == 1).sum() == 64  # the island goes (LCC), the organ stays
+    assert not np.isin(cleaned, (2, 3)).any()  # the largest component alone is too small
+    only_three = keep_largest_component(labels.copy(), values=[3], min_voxels=2)
+    assert (only_three == 1).sum() == 64 + 27 and (only_three == 2).sum() == 12
+
+
+def test_min_component_voxels_converts_millilitres_at_the_spacing() -> None:
+    assert min_component_voxels(0.0, (3.0, 3.0, 3.0)) == 0
+    assert min_component_voxels(0.027, (3.0, 3.0, 3.0)) == 1  # one 27 mm3 voxel, not 2
+    assert min_component_voxels(0.5, (3.0, 3.0, 3.0)) == 19  # 18.5 voxels round up
+    assert min_component_voxels(0.5, (1.0, 0.5, 0.5)) == 2000
+
+
 # -- the Predictor ---------------------------------------------------------------------------
 
 
@@ -451,8 +490,8 @@ def test_auto_crop_drops_stray_detection_far_from_the_organs(plain_bundle: Path)
     wide[10:13, 112:116, 112:116] = 300  # a spleen-bright speck in the far corner
     volume = Volume(wide, SPACING)
     labels = {}
-    for crop in ("none", "auto"):  # no LCC: it would remove the speck by itself
-        options = PredictOptions(precision="fp32", crop=crop, lcc=False)
+    for crop in ("none", "auto"):  # no LCC, no speck removal: either would remove it by itself
+        options = PredictOptions(precision="fp32", crop=crop, lcc=False, min_component_ml=0.0)
         labels[crop] = Predictor(plain_bundle, options).predict(volume).labels
     none, auto = labels["none"], labels["auto"]
     assert (none[10:13, 112:116, 112:116] > 0).any()  # crop none labels the speck
@@ -461,6 +500,27 @@ def test_auto_crop_drops_stray_detection_far_from_the_organs(plain_bundle: Path)
         assert dice(auto == value, wide_truth == value) == pytest.approx(
             dice(none == value, wide_truth == value), abs=0.02
         )
+
+
+def test_predictor_removes_specks_below_the_minimum_volume(plain_bundle: Path) -> None:
+    image, _ = make_phantom(shape=(24, 40, 44), spacing_mm=SPACING)
+    wide = np.full((24, 120, 120), -1000, np.int16)
+    wide[:, :40, :44] = image
+    wide[10:13, 112:116, 112:116] = 300  # a spleen-bright speck, 0.17 ml at most
+    volume = Volume(wide, SPACING)
+    labels = {}
+    for min_ml in (0.0, 0.5):  # no LCC, which would remove the speck by itself
+        options = PredictOptions(precision="fp32", crop="none", lcc=False, min_component_ml=min_ml)
+        labels[min_ml] = Predictor(plain_bundle, options).predict(volume).labels
+    assert (labels[0.0][:, 100:, 100:] > 0).any()
+    assert not (labels[0.5][:, 100:, 100:] > 0).any()
+    # Islands of a few voxels near the organs go too; each organ's body stays.
+    expected = remove_small_components(labels[0.0].copy(), min_component_voxels(0.5, SPACING))
+    np.testing.assert_array_equal(labels[0.5], expected)
+    for value in (1, 2, 3):
+        assert (labels[0.5] == value).sum() > 0.95 * (labels[0.0] == value).sum()
+    everything = PredictOptions(precision="fp32", crop="none", min_component_ml=1e6)
+    assert not Predictor(plain_bundle, everything).predict(volume).labels.any()
 
 
 def test_absent_organ_is_excluded_before_argmax_without_holes(plain_bundle: Path, phantom) -> None:

@@ -61,6 +61,7 @@ def test_bad_input_is_one_line_error_without_output(bundle: Path, tmp_path: Path
         ((scan, "--model", bundle, "--absent", "pancreas"), "unknown organ 'pancreas'"),
         ((scan, "--model", bundle, "-o", scan), "overwrite the input"),
         ((scan, "--model", tmp_path), "not a model bundle"),
+        ((scan, "--model", bundle, "--min-component-ml", "-1"), "not a volume >= 0"),
     ]
     for args, message in cases:
         result = edgeseg(*args)

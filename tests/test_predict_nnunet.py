@@ -136,7 +136,8 @@ def test_predictor_agrees_with_nnunet_predictor_on_same_checkpoint(tmp_path) -> 
         None,
         False,
     )
-    options = PredictOptions(backend="onnxruntime", precision="fp32", crop="none", lcc=False)
+    options = PredictOptions(backend="onnxruntime", precision="fp32", crop="none", lcc=False,
+                             min_component_ml=0.0)
     got = Predictor(tmp_path / "bundle", options).predict(volume).labels
     assert got.shape == expected.shape
     assert (got == expected).mean() > 0.995

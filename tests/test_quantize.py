@@ -49,6 +49,7 @@ def test_quantize_adds_validated_variants_and_report(exported, tmp_path, capsys)
     assert fidelity["holdout_images"] == ["case2_0000"]
     assert fidelity["calibration_images"] == ["case0_0000", "case1_0000"]
     assert fidelity["calibration_patches"] == 4
+    assert fidelity["label_cleanup"] == {"largest_component": True, "min_component_ml": 0.5}
     assert all(src.split("@")[0] != "case2_0000" for src in bundle.provenance["calibration_set"])
     variants = fidelity["variants"]
     assert {"int8_openvino", "int8_onnx"} <= {v.split("_mixed")[0] for v in variants}
@@ -490,8 +491,15 @@ def test_distillation_options_without_distill_are_refused(exported, tmp_path, ca
     code, _, err = run_cli(["quantize", str(bundle_dir), "--calib", str(exported["images"]),
                             "--backend", "openvino", "--distill-class-balance", "0.5"], capsys)
     assert code != 0
-    assert "--distill-class-balance and --distill-float-convs need --distill" in err
+    assert "--distill-class-balance, --distill-float-convs and --distill-objective need " \
+        "--distill" in err
     assert (bundle_dir / "edgeseg.json").read_bytes() == before
+    code, _, err = run_cli(["quantize", str(bundle_dir), "--calib", str(exported["images"]),
+                            "--distill-objective", "labels"], capsys)
+    assert code != 0 and "need --distill" in err
+    code, _, err = run_cli(["quantize", str(bundle_dir), "--calib", str(exported["images"]),
+                            "--distill", "--distill-objective", "dice"], capsys)
+    assert code != 0 and "--distill-objective: distillation objective 'dice'" in err
     code, _, err = run_cli(["quantize", str(bundle_dir), "--calib", str(exported["images"]),
                             "--distill", "--distill-float-convs", "x,y"], capsys)
     assert code != 0 and "--distill-float-convs: mixed level 'x,y'" in err
@@ -515,7 +523,8 @@ def test_distilled_int8_is_quantised_from_the_student(exported, tmp_path, capsys
     code, out, err = run_cli(["quantize", str(bundle_dir), "--calib", str(exported["images"]),
                               "--backend", "openvino", "--patches-per-image", "1", "--bar",
                               "0", "--no-mixed", "--distill", "--distill-steps", "4",
-                              "--distill-class-balance", "0.5", "--distill-float-convs", "1"],
+                              "--distill-class-balance", "0.5", "--distill-float-convs", "1",
+                              "--distill-objective", "labels"],
                              capsys)
     assert code == 0, err
     assert quantised_from == ["student.onnx"]
@@ -523,6 +532,7 @@ def test_distilled_int8_is_quantised_from_the_student(exported, tmp_path, capsys
     distillation = bundle.fidelity["distillation"]
     assert distillation["steps"] == 4 and distillation["patches"] >= 2
     assert distillation["class_balance"] == 0.5 and list(distillation["float_convs"]) == [1, 1]
+    assert distillation["objective"] == "labels"
     assert distillation["source_max_abs_diff"] <= 1e-3
     assert np.isfinite(distillation["loss_last_tenth"])
     assert bundle.fidelity["variants"]["int8_openvino"]["quantised_from"] == "distilled student"

@@ -84,8 +84,12 @@ def test_verify_measures_each_shipped_int8_model_and_leaves_the_bundle(
     per_image = [line for line in out.splitlines() if " per image: " in line]
     assert [line.split()[0] for line in per_image] == ["int8_openvino", "int8_onnx"]
     assert all("case0_0000 " in line and "case1_0000 " in line for line in per_image)
+    # The stored report predates speck removal (no label_cleanup key) and says so.
+    assert out.splitlines()[-2] == ("label maps here: largest component per organ, components "
+                                    "under 0.5 ml removed")
     assert out.splitlines()[-1] == ("stored: measured by edgeseg quantize on quantise-time CPU, "
-                                    "2026-12-01")
+                                    "2026-12-01; label maps: largest component per organ, no "
+                                    "speck removal")
     assert "2 images from" in out
     assert {p.name: p.read_bytes() for p in bundle_dir.iterdir()} == before
 

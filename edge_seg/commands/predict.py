@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from edge_seg.errors import EdgesegError
+from edge_seg.options import DEFAULT_MIN_COMPONENT_ML
 
 
 def _default_output(scan: Path) -> Path:
@@ -53,6 +54,11 @@ def predict(
     lcc: bool = typer.Option(
         True, "--lcc/--no-lcc", help="Keep the largest connected component per organ."
     ),
+    min_component_ml: float = typer.Option(
+        DEFAULT_MIN_COMPONENT_ML,
+        "--min-component-ml",
+        help="Remove organ components smaller than this many ml (0: keep every speck).",
+    ),
     absent: list[str] = typer.Option(
         [], "--absent", help="Organ known to be absent (name or label number); repeatable."
     ),
@@ -92,6 +98,7 @@ def predict(
         step=step,
         crop=crop,
         lcc=lcc,
+        min_component_ml=min_component_ml,
         absent_organs=tuple(absent),
         present_organs=tuple(present),
         presence=presence,

@@ -80,6 +80,10 @@ def register(app: typer.Typer) -> None:
             "as a mixed level: N or FIRST,LAST (e.g. 1,2 for the level the INT8 model will "
             "ship at; default 0: all INT8)."
         ),
+        distill_objective: str = typer.Option(
+            "logits", "--distill-objective", help="logits: the student matches the fp32 "
+            "logits (default); labels: also a hinge on the lead of fp32's winning class."
+        ),
     ) -> None:
         """Post-training INT8 (OpenVINO via NNCF, ONNX Runtime QDQ) with a fidelity report."""
         backends = [part for value in backend for part in value.split(",") if part]
@@ -89,9 +93,10 @@ def register(app: typer.Typer) -> None:
         from export.quantize_bundle import quantize_bundle
 
         settings = None
-        if not distill and (distill_class_balance or distill_float_convs != "0"):
-            raise EdgesegError("--distill-class-balance and --distill-float-convs need "
-                               "--distill")
+        if not distill and (distill_class_balance or distill_float_convs != "0"
+                            or distill_objective != "logits"):
+            raise EdgesegError("--distill-class-balance, --distill-float-convs and "
+                               "--distill-objective need --distill")
         if distill:
             from export.quantize import float_ends, parse_level
 
@@ -99,9 +104,13 @@ def register(app: typer.Typer) -> None:
                 float_convs = float_ends(parse_level(distill_float_convs))
             except EdgesegError as exc:
                 raise EdgesegError(f"--distill-float-convs: {exc}") from exc
-            settings = DistillSettings(
-                **({"steps": distill_steps} if distill_steps else {}),
-                class_balance=distill_class_balance, float_convs=float_convs)
+            try:
+                settings = DistillSettings(
+                    **({"steps": distill_steps} if distill_steps else {}),
+                    class_balance=distill_class_balance, float_convs=float_convs,
+                    objective=distill_objective)
+            except ValueError as exc:
+                raise EdgesegError(f"--distill-objective: {exc}") from exc
         result = quantize_bundle(bundle, calib, holdout, backends, patches_per_image, bar,
                                  not no_mixed, threads, not no_accuracy_aware, log=typer.echo,
                                  distill=settings, distill_source=distill_source)
