@@ -247,14 +247,14 @@ def recheck_bundle(bundle: Bundle, volumes: Sequence[Volume], threads: int | Non
 def format_recheck(reports: Mapping[str, Mapping[str, Any]],
                    stored: Mapping[str, Any]) -> str:
     """Plain-text table of :func:`recheck_bundle`, with the bundle's stored figures."""
-    lines = [f"{'model':<14} {'variant':<24} {'mean Dice':>9} {'worst (class)':>26} "
+    lines = [f"{'model':<14} {'variant':<24} {'mean Dice':>9} {'worst (class)':>28} "
              f"{'int8/fp32 time':>15} {'stored':>7}  meets bar here"]
     for key, report in reports.items():
         worst = f"{report['worst_dice']:.4f} ({report['worst_class']})"
         ratio = report.get("latency_ratio_int8_vs_fp32")
         before = report.get("stored_mean_dice")
         lines.append(
-            f"{key:<14} {report['variant']:<24} {report['mean_dice']:>9.4f} {worst:>26} "
+            f"{key:<14} {report['variant']:<24} {report['mean_dice']:>9.4f} {worst:>28} "
             f"{'-' if ratio is None else f'{ratio:.2f}':>15} "
             f"{'-' if before is None else f'{before:.4f}':>7}  "
             f"{'yes' if report['passed'] else 'NO (below ' + str(report['bar']) + ')'}"
