@@ -51,7 +51,12 @@ CONFIG_KEYS: dict[str, tuple[str, ...] | None] = {
     "crop": None,  # auto | none | middle:N - checked by predict itself
     "step": None,  # float in (0, 1]
     "threads": None,  # positive int
+    "lcc": ("on", "off"),  # predict --lcc / --no-lcc
+    "min-component-ml": None,  # volume >= 0 in ml
 }
+
+#: Predict's on/off flags among the configuration keys: ``lcc=off`` becomes ``--no-lcc``.
+SWITCH_KEYS = ("lcc",)
 
 #: Name of the configuration made of the plain command-line options.
 BASE_CONFIG = "base"

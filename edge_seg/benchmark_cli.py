@@ -49,6 +49,28 @@ class RegressionError(EdgesegError):
     exit_code = 1
 
 
+def predict_kwargs(options: dict[str, str]) -> dict[str, object]:
+    """Benchmark option strings -> ``PredictOptions`` keyword arguments.
+
+    Raises ValueError naming the option when a number does not read as one.
+    """
+    kwargs: dict[str, object] = {}
+    for key, value in options.items():
+        field = key.replace("-", "_")
+        try:
+            if key in ("step", "min-component-ml"):
+                kwargs[field] = float(value)
+            elif key == "threads":
+                kwargs[field] = int(value)
+            elif key == "lcc":
+                kwargs[field] = value == "on"
+            else:
+                kwargs[field] = value
+        except ValueError:
+            raise ValueError(f"--{key}: {value!r} is not a number") from None
+    return kwargs
+
+
 def check_model(model: Path, configs: list[Config], base_options: dict[str, str]) -> None:
     """Load the bundle once per configuration, as predict would, before timing anything."""
     from edge_seg.bundle import load_bundle
@@ -59,12 +81,11 @@ def check_model(model: Path, configs: list[Config], base_options: dict[str, str]
     except ImportError:  # pragma: no cover - predict ships with edgeseg
         return
     for config in configs:
-        options = {**base_options, **config.options}
-        kwargs: dict[str, object] = dict(options)
-        if "step" in kwargs:
-            kwargs["step"] = float(options["step"])
-        if "threads" in kwargs:
-            kwargs["threads"] = int(options["threads"])
+        try:
+            kwargs = predict_kwargs({**base_options, **config.options})
+        except ValueError as exc:
+            where = "" if config.name == "base" else f" (--compare {config.name})"
+            raise EdgesegError(f"{exc}{where}") from exc
         try:
             Predictor(model, PredictOptions(**kwargs))  # type: ignore[arg-type]
         except EdgesegError as exc:

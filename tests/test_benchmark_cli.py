@@ -14,7 +14,7 @@ import SimpleITK as sitk
 from rich.console import Console
 
 from edge_seg.benchmark import BenchmarkCase, Config
-from edge_seg.benchmark_cli import RegressionError, run_benchmark_command
+from edge_seg.benchmark_cli import RegressionError, predict_kwargs, run_benchmark_command
 from edge_seg.commands.benchmark import parse_memory_mb, predict_command
 from edge_seg.errors import EdgesegError
 
@@ -73,6 +73,25 @@ def test_predict_command_line_applies_config_over_base_options(tmp_path: Path) -
     assert argv[argv.index("--precision") + 1] == "fp32"
     assert argv[argv.index("--step") + 1] == "0.5"
     assert argv[argv.index("--model") + 1] == str(tmp_path / "bundle")
+
+
+def test_predict_command_line_turns_switches_into_flags(tmp_path: Path) -> None:
+    build = predict_command(tmp_path / "bundle", {"lcc": "off", "min-component-ml": "0"})
+    case = BenchmarkCase("a", tmp_path / "a_0000.nii.gz")
+    base = build(case, Config("base"), tmp_path / "a.nii.gz")
+    assert "--no-lcc" in base and "--lcc" not in base
+    assert base[base.index("--min-component-ml") + 1] == "0"
+    compared = build(case, Config("lcc=on", {"lcc": "on"}), tmp_path / "a.nii.gz")
+    assert "--lcc" in compared and "--no-lcc" not in compared
+
+
+def test_benchmark_options_become_predict_options() -> None:
+    kwargs = predict_kwargs({"step": "0.25", "threads": "2", "lcc": "off",
+                             "min-component-ml": "1.5", "crop": "none"})
+    assert kwargs == {"step": 0.25, "threads": 2, "lcc": False, "min_component_ml": 1.5,
+                      "crop": "none"}
+    with pytest.raises(ValueError, match="--min-component-ml: 'lots' is not a number"):
+        predict_kwargs({"min-component-ml": "lots"})
 
 
 # A stand-in for predict: copies the image to the prediction path, or crashes on case "b"

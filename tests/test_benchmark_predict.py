@@ -88,3 +88,16 @@ def test_model_that_fails_to_load_is_reported_once(dataset, tmp_path: Path) -> N
     assert "model.onnx" in errors[0] and "Traceback" not in result.stderr
     assert "[1/" not in result.stderr  # no case was started
     assert not (tmp_path / "out").exists()
+
+
+def test_bad_compared_option_is_refused_before_any_case_runs(dataset, tmp_path: Path) -> None:
+    bundle, images, _ = dataset
+    for spec, message in [("min-component-ml=-1", "--min-component-ml: -1.0 is not a volume"),
+                          ("step=fast", "--step: 'fast' is not a number")]:
+        result = _edgeseg(images, "--model", bundle, "--output", tmp_path / "out",
+                          "--compare", spec)
+        assert result.returncode == 2, result.stderr
+        errors = [line for line in result.stderr.splitlines() if line.startswith("edgeseg:")]
+        assert len(errors) == 1 and message in errors[0], result.stderr
+        assert f"(--compare {spec})" in errors[0]
+        assert "[1/" not in result.stderr and not (tmp_path / "out").exists()

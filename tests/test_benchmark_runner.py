@@ -291,6 +291,7 @@ def test_compare_specifications() -> None:
     for bad, message in [
         ("precision", "key=value"), ("colour=red", "unknown option"),
         ("precision=int4", "must be one of"), ("step=0.5,step=0.25", "given twice"),
+        ("lcc=maybe", "lcc must be one of on, off"),
         ("", "empty configuration"),
     ]:
         with pytest.raises(EdgesegError, match=message):

@@ -39,14 +39,17 @@ def predict_command(
     The interpreter running this benchmark runs the child too, so the child sees the same
     installation; start-up and model loading are inside the measured time, as in FLARE.
     """
-    from edge_seg.benchmark import BenchmarkCase, Config
+    from edge_seg.benchmark import SWITCH_KEYS, BenchmarkCase, Config
 
     def build(case: BenchmarkCase, config: Config, prediction: Path) -> list[str]:
         options = {**base_options, **config.options}
         argv = [sys.executable, "-m", "edge_seg", "predict", str(case.image),
                 "--output", str(prediction), "--model", str(model), "--quiet"]
         for key, value in options.items():
-            argv += [f"--{key}", value]
+            if key in SWITCH_KEYS:
+                argv.append(f"--{key}" if value == "on" else f"--no-{key}")
+            else:
+                argv += [f"--{key}", value]
         return argv
 
     return build
@@ -80,11 +83,19 @@ def register(app: typer.Typer) -> None:
         crop: str | None = typer.Option(None, "--crop", help="auto | none | middle:N"),
         step: float | None = typer.Option(None, "--step", help="Sliding-window step (0-1]."),
         threads: int | None = typer.Option(None, "--threads", help="CPU threads per case."),
+        lcc: bool | None = typer.Option(
+            None, "--lcc/--no-lcc", help="Largest component per organ (predict's default: on)."
+        ),
+        min_component_ml: float | None = typer.Option(
+            None, "--min-component-ml",
+            help="Remove organ components under this volume (predict's default: 0.5 ml).",
+        ),
         compare: list[str] = typer.Option(
             [], "--compare",
             help='Extra configuration run on the same cases, interleaved, e.g. '
             '--compare "precision=fp32,backend=onnxruntime" (keys: backend, precision, crop, '
-            "step, threads). Repeatable; ratios are against the plain options.",
+            "step, threads, lcc=on|off, min-component-ml). Repeatable; ratios are against "
+            "the plain options.",
         ),
         baseline: Path | None = typer.Option(
             None, "--baseline", help="benchmark.json of an earlier run: exit 1 on regression."
@@ -119,7 +130,9 @@ def register(app: typer.Typer) -> None:
             output=output,
             predict_options={k: str(v) for k, v in {
                 "backend": backend, "precision": precision, "crop": crop, "step": step,
-                "threads": threads}.items() if v is not None},
+                "threads": threads, "min-component-ml": min_component_ml,
+                "lcc": None if lcc is None else ("on" if lcc else "off"),
+            }.items() if v is not None},
             compare=compare, baseline=baseline,
             max_slowdown=max_slowdown if time_gate else None, max_drop=max_drop,
             interval=interval, reference=reference, plots=plots,
