@@ -58,6 +58,9 @@ CONFIG_KEYS: dict[str, tuple[str, ...] | None] = {
 #: Predict's on/off flags among the configuration keys: ``lcc=off`` becomes ``--no-lcc``.
 SWITCH_KEYS = ("lcc",)
 
+#: Configuration keys whose values are numbers, with the type ``PredictOptions`` takes.
+NUMBER_KEYS: dict[str, type] = {"step": float, "threads": int, "min-component-ml": float}
+
 #: Name of the configuration made of the plain command-line options.
 BASE_CONFIG = "base"
 

@@ -18,6 +18,8 @@ from pathlib import Path
 from rich.console import Console
 
 from edge_seg.benchmark import (
+    NUMBER_KEYS,
+    SWITCH_KEYS,
     BenchmarkCase,
     CaseRecord,
     CommandBuilder,
@@ -57,17 +59,15 @@ def predict_kwargs(options: dict[str, str]) -> dict[str, object]:
     kwargs: dict[str, object] = {}
     for key, value in options.items():
         field = key.replace("-", "_")
-        try:
-            if key in ("step", "min-component-ml"):
-                kwargs[field] = float(value)
-            elif key == "threads":
-                kwargs[field] = int(value)
-            elif key == "lcc":
-                kwargs[field] = value == "on"
-            else:
-                kwargs[field] = value
-        except ValueError:
-            raise ValueError(f"--{key}: {value!r} is not a number") from None
+        if key in NUMBER_KEYS:
+            try:
+                kwargs[field] = NUMBER_KEYS[key](value)
+            except ValueError:
+                raise ValueError(f"--{key}: {value!r} is not a number") from None
+        elif key in SWITCH_KEYS:
+            kwargs[field] = value == "on"
+        else:
+            kwargs[field] = value
     return kwargs
 
 
@@ -81,15 +81,14 @@ def check_model(model: Path, configs: list[Config], base_options: dict[str, str]
     except ImportError:  # pragma: no cover - predict ships with edgeseg
         return
     for config in configs:
+        where = "" if config.name == "base" else f" (--compare {config.name})"
         try:
             kwargs = predict_kwargs({**base_options, **config.options})
         except ValueError as exc:
-            where = "" if config.name == "base" else f" (--compare {config.name})"
             raise EdgesegError(f"{exc}{where}") from exc
         try:
             Predictor(model, PredictOptions(**kwargs))  # type: ignore[arg-type]
         except EdgesegError as exc:
-            where = "" if config.name == "base" else f" (--compare {config.name})"
             raise EdgesegError(f"{exc}{where}") from exc
 
 
