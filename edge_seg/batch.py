@@ -98,6 +98,28 @@ def output_path(out_dir: Path, scan: Path) -> Path:
     return out_dir / f"{case_name(scan)}.nii.gz"
 
 
+def _name_clashes(scans: list[Path]) -> dict[Path, str]:
+    """Scans whose output name another scan shares (``a.nii`` and ``a.nii.gz``, ``b.nii.gz``
+    and ``b_0000.nii.gz``), each with a one-line message.
+
+    None of them is segmented: writing one would silently drop the other's result, and a
+    resumed run would take the survivor for the other case's output.
+    """
+    by_name: dict[str, list[Path]] = {}
+    for scan in scans:
+        by_name.setdefault(case_name(scan), []).append(scan)
+    clashes: dict[Path, str] = {}
+    for name, group in by_name.items():
+        if len(group) > 1:
+            files = ", ".join(p.name for p in group)
+            for scan in group:
+                clashes[scan] = (
+                    f"{scan}: {files} would all be written as {name}.nii.gz; "
+                    "rename all but one and run again"
+                )
+    return clashes
+
+
 def _remove_stale_temporaries(out_dir: Path, name: str) -> None:
     # Left by a run killed mid-write (atomic_path names them ".<case>.<random>.tmp.nii.gz").
     for stale in out_dir.glob(f".{name}.*.tmp.nii.gz"):
@@ -133,7 +155,8 @@ def _write_outputs(
     if preview_dir:
         from edge_seg.preview import save_preview
 
-        name = case_name(Path(target))
+        # The target is already named by case (channel suffix gone): strip only the suffix.
+        name = strip_volume_suffix(Path(target).name)
         save_preview(volume, labels, Path(preview_dir) / f"{name}.png", modality)
     write_label_map(labels, volume, target)
     return time.perf_counter() - start
@@ -251,8 +274,15 @@ def run_batch(
     out_dir.mkdir(parents=True, exist_ok=True)
     report = BatchReport()
     todo: list[tuple[Path, Path]] = []
+    clashes = _name_clashes(scans)
     for scan in scans:
         target = output_path(out_dir, scan)
+        if scan in clashes:
+            result = CaseResult(case_name(scan), "failed", clashes[scan])
+            report.results.append(result)
+            if on_result:
+                on_result(result)
+            continue
         _remove_stale_temporaries(out_dir, case_name(scan))
         if target.exists():
             result = CaseResult(case_name(scan), "skipped", "output exists")

@@ -64,7 +64,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_seg.errors import EdgesegError
+from edge_seg.errors import EdgesegError, require_folder
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "edgeseg.json"
@@ -156,10 +156,8 @@ def load_bundle(folder: str | Path) -> Bundle:
     Raises :class:`EdgesegError` (one line, naming the file) when the manifest is missing,
     unreadable, of a newer format version, or refers to model files that are not there.
     """
-    folder = Path(folder)
+    folder = require_folder(folder, "model bundle folder")
     manifest = folder / MANIFEST_NAME
-    if not folder.is_dir():
-        raise EdgesegError(f"{folder}: model bundle folder does not exist")
     if not manifest.is_file():
         raise EdgesegError(f"{folder}: not a model bundle ({MANIFEST_NAME} is missing)")
     try:

@@ -55,6 +55,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def _os_error_line(exc: OSError) -> str:
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{exc.filename}: {reason}" if exc.filename else reason
+
+
 def fail(message: str, exit_code: int = 2) -> None:
     """Print a one-line error on stderr and exit."""
     typer.echo(f"edgeseg: error: {message}", err=True)
@@ -67,6 +72,10 @@ def main(argv: list[str] | None = None) -> None:
         app(args=argv, prog_name="edgeseg", standalone_mode=True)
     except _user_errors() as exc:
         fail(str(exc), getattr(exc, "exit_code", 2))
+    except OSError as exc:
+        # The file system refused (a path under /proc, a full disk, a read-only mount): the
+        # user's environment, not a fault of edgeseg, so one line naming the path.
+        fail(_os_error_line(exc))
     except KeyboardInterrupt:
         fail("interrupted", 130)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 
 class EdgesegError(Exception):
     """A problem with the user's input or environment, reported as one line.
@@ -29,3 +32,14 @@ class NotEnoughMemoryError(EdgesegError):
     Its own type because the answer can change: a batch that read this scan beside another
     case's work tries again once that work is done.
     """
+
+
+def require_folder(path: str | os.PathLike[str], what: str) -> Path:
+    """``path`` as a :class:`~pathlib.Path` if it is a folder, else an :class:`EdgesegError`
+    that says whether it is missing or a file (``what``: e.g. ``"model bundle folder"``)."""
+    path = Path(path)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise EdgesegError(f"{path}: {what} expected, but this is a file")
+    raise EdgesegError(f"{path}: {what} does not exist")

@@ -122,15 +122,22 @@ def check_fits_in_memory(shape: Sequence[int], where: str, bytes_per_voxel: floa
 
 def _dicom_series_files(folder: Path) -> list[str]:
     reader = sitk.ImageSeriesReader
+    # Probing a folder that holds no series is expected here (a folder of NIfTI files, an
+    # empty one); ITK would print a multi-line warning to stderr for each probe.
+    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
-        series = reader.GetGDCMSeriesIDs(str(folder)) or ()
-    except RuntimeError:
-        series = ()
-    best: list[str] = []
-    for uid in series:
-        files = list(reader.GetGDCMSeriesFileNames(str(folder), uid))
-        if len(files) > len(best):
-            best = files
+        try:
+            series = reader.GetGDCMSeriesIDs(str(folder)) or ()
+        except RuntimeError:
+            series = ()
+        best: list[str] = []
+        for uid in series:
+            files = list(reader.GetGDCMSeriesFileNames(str(folder), uid))
+            if len(files) > len(best):
+                best = files
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
     return best
 
 
@@ -420,13 +427,20 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
         raise EdgesegError(
             f"{path}: unknown output format; use one of {', '.join(VOLUME_SUFFIXES)}"
         )
-    parent = path.parent if str(path.parent) else Path(".")
-    probe = parent
+    check_writable_location(path)
+    return path
+
+
+def check_writable_location(path: str | os.PathLike[str]) -> None:
+    """Check that a file can be created at ``path`` (its folder exists or can be made)."""
+    path = Path(path)
+    probe = path.parent if str(path.parent) else Path(".")
     while not probe.exists():
         probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+    if not probe.is_dir():
+        raise EdgesegError(f"{path}: cannot write here: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
         raise EdgesegError(f"{path}: output folder is not writable")
-    return path
 
 
 def write_label_map(labels: np.ndarray, reference: Volume, path: str | os.PathLike[str]) -> Path:

@@ -20,6 +20,7 @@ import numpy as np
 
 from edge_seg.bundle import Bundle, load_bundle
 from edge_seg.errors import EdgesegError
+from edge_seg.io import check_writable_location
 from evaluator.atomic import atomic_dir
 from evaluator.labels import canonical_organ_name
 from export.nnunet_reader import NnunetResults
@@ -160,6 +161,8 @@ def check_output_folder(out: str | Path) -> Path:
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise EdgesegError(f"{out}: output bundle path already exists; choose a new folder")
+    # Checked before the (minutes of) export work, not when the bundle is renamed into place.
+    check_writable_location(out)
     return out
 
 

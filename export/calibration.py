@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_seg.bundle import Bundle
-from edge_seg.errors import EdgesegError
+from edge_seg.errors import EdgesegError, require_folder
 from edge_seg.io import VOLUME_SUFFIXES, Volume, read_volume
 
 DEFAULT_PATCHES_PER_IMAGE = 4
@@ -33,9 +33,7 @@ class PatchSet:
 
 def list_images(folder: str | Path) -> list[Path]:
     """Image files (NIfTI/MHA/NRRD) and DICOM series folders directly inside ``folder``."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise EdgesegError(f"{folder}: image folder does not exist")
+    folder = require_folder(folder, "image folder")
     found = []
     for path in sorted(folder.iterdir()):
         if path.name.startswith("."):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_seg.errors import EdgesegError
+from edge_seg.errors import EdgesegError, require_folder
 from export.safe_checkpoint import load_checkpoint, sha256_of
 
 PLANS_NAME = "plans.json"
@@ -117,9 +117,7 @@ def read_results(
     ``checkpoint_name`` is a file name inside each ``fold_<k>/`` (``checkpoint_best.pth``...) or a
     path to one checkpoint file (single fold only).
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise EdgesegError(f"{folder}: nnU-Net results folder does not exist")
+    folder = require_folder(folder, "nnU-Net results folder")
     for name in (PLANS_NAME, DATASET_NAME):
         if not (folder / name).is_file():
             raise EdgesegError(

@@ -186,6 +186,16 @@ def test_existing_output_is_refused_and_kept(workspace, capsys, tmp_path) -> Non
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
 
 
+def test_output_under_a_file_is_refused_before_export(workspace, capsys, tmp_path) -> None:
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    out = tmp_path / "notes.txt" / "bundle"
+    code, _, err = run_cli(["export", "nnunet", str(workspace["results"]), "-o", str(out)],
+                           capsys)
+    assert code == 2 and "notes.txt is a file, not a folder" in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
 def test_untrusted_pickle_is_refused_unless_trusted(workspace, capsys, tmp_path) -> None:
     results = tmp_path / "results"
     shutil.copytree(workspace["results"], results)

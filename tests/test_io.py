@@ -124,7 +124,7 @@ def test_write_label_map_refuses_folder_shape_mismatch_and_bad_values(tmp_path: 
     assert list(tmp_path.iterdir()) == []
     blocker = tmp_path / "file.txt"
     blocker.write_text("a file where a folder should be")
-    with pytest.raises(EdgesegError, match="not writable"):
+    with pytest.raises(EdgesegError, match="file.txt is a file, not a folder"):
         write_label_map(np.zeros((3, 4, 5), np.uint8), scan, blocker / "seg.nii.gz")
     assert list(tmp_path.iterdir()) == [blocker]
 

@@ -106,3 +106,54 @@ def test_real_ct_scan_keeps_geometry(bundle: Path, shared_data: Path, tmp_path: 
     assert written.GetSpacing() == pytest.approx(reference.GetSpacing())
     assert written.GetOrigin() == pytest.approx(reference.GetOrigin())
     assert written.GetDirection() == pytest.approx(reference.GetDirection())
+
+
+def test_batch_refuses_scans_that_share_an_output_name(bundle: Path, tmp_path: Path) -> None:
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    write_scan(inputs / "a.nii", seed=0)
+    write_scan(inputs / "a.nii.gz", seed=1)
+    write_scan(inputs / "b_0000.nii.gz", seed=2)
+    write_scan(inputs / "c.nii.gz", seed=3)
+    result = edgeseg(inputs, outputs, "--model", bundle, "--quiet")
+    assert result.returncode == 2, result.stderr
+    # Neither of a clashing pair is segmented; the others are.
+    assert sorted(p.name for p in outputs.iterdir()) == ["b.nii.gz", "c.nii.gz"]
+    assert "a.nii, a.nii.gz would all be written as a.nii.gz" in result.stdout + result.stderr
+    assert result.stderr.strip() == "edgeseg: error: 2 of 4 cases failed: a"
+
+
+def test_folder_without_scans_names_the_folder(bundle: Path, tmp_path: Path) -> None:
+    empty, notes = tmp_path / "empty", tmp_path / "notes"
+    empty.mkdir()
+    notes.mkdir()
+    (notes / "readme.txt").write_text("no scans here")
+    for folder in (empty, notes):
+        result = edgeseg(folder, tmp_path / "out", "--model", bundle)
+        assert result.returncode == 2
+        assert result.stderr.strip() == (
+            f"edgeseg: error: {folder}: folder holds no scans (no NIfTI, MHA/MHD or NRRD "
+            "files, no DICOM series, no sub-folders with one)"
+        )
+    assert not (tmp_path / "out").exists()
+
+
+def test_unwritable_preview_is_refused_before_any_output(bundle: Path, tmp_path: Path) -> None:
+    scan = write_scan(tmp_path / "scan.nii.gz")
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    out = tmp_path / "scan_seg.nii.gz"
+    result = edgeseg(scan, "--model", bundle, "-o", out, "--preview", tmp_path / "notes.txt/p.png")
+    assert result.returncode == 2
+    assert "notes.txt is a file, not a folder" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not out.exists()
+
+
+def test_batch_preview_keeps_the_case_name(bundle: Path, tmp_path: Path) -> None:
+    inputs, outputs, previews = tmp_path / "in", tmp_path / "out", tmp_path / "previews"
+    inputs.mkdir()
+    write_scan(inputs / "case_0000_0000.nii.gz")
+    result = edgeseg(inputs, outputs, "--model", bundle, "--preview", previews, "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert [p.name for p in outputs.iterdir()] == ["case_0000.nii.gz"]
+    assert [p.name for p in previews.iterdir()] == ["case_0000.png"]

@@ -118,8 +118,16 @@ def test_verify_bad_input_is_one_line_and_exit_2(
     assert code == 2 and "ships no validated INT8 model" in err and err.count("\n") == 1
     empty = tmp_path / "empty"
     empty.mkdir()
-    code, _, err = run_cli(["verify", str(int8_bundle(tmp_path / "b")), str(empty)], capsys)
+    bundle = int8_bundle(tmp_path / "b")
+    code, _, err = run_cli(["verify", str(bundle), str(empty)], capsys)
     assert code == 2 and "no readable images" in err and err.count("\n") == 1
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("a file, not a folder")
+    wrong = (([a_file, images], "model bundle folder"), ([bundle, a_file], "image folder"))
+    for args, what in wrong:
+        code, _, err = run_cli(["verify", *map(str, args)], capsys)
+        assert code == 2 and err.count("\n") == 1
+        assert f"{a_file}: {what} expected, but this is a file" in err
 
 
 def test_verify_needs_no_export_extra(tmp_path: Path, images: Path) -> None:

@@ -107,6 +107,8 @@ def predict(
     )
     if not input_path.exists():
         raise EdgesegError(f"{input_path}: no such file or folder")
+    if input_path.is_dir() and not is_batch_folder(input_path):
+        _check_dicom_folder(input_path)
     if is_batch_folder(input_path):
         target = out_dir or output
         if target is None:
@@ -122,20 +124,35 @@ def predict(
     )
 
 
+def _check_dicom_folder(folder: Path) -> None:
+    """A folder given as one scan must hold a DICOM series (it holds no image files)."""
+    from edge_seg.io import _dicom_series_files
+
+    if not _dicom_series_files(folder):
+        raise EdgesegError(
+            f"{folder}: folder holds no scans (no NIfTI, MHA/MHD or NRRD files, no DICOM "
+            "series, no sub-folders with one)"
+        )
+
+
 def _run_single(
     scan: Path, out: Path, model: Path | None, options, preview: Path | None, quiet: bool
 ) -> None:
-    from edge_seg.io import check_output_path, write_label_map
+    from edge_seg.io import check_output_path, check_writable_location, write_label_map
     from edge_seg.launch import open_predictor_and_read
 
     started = time.perf_counter()
     if out.resolve() == scan.resolve():
         raise EdgesegError(f"{out}: output would overwrite the input scan")
     check_output_path(out)
-    if preview is not None and preview.is_dir():
-        raise EdgesegError(
-            f"{preview}: preview path is a folder; give a file name such as case.png"
-        )
+    if preview is not None:
+        if preview.is_dir():
+            raise EdgesegError(
+                f"{preview}: preview path is a folder; give a file name such as case.png"
+            )
+        # Checked now: the label map is written before the preview, and a preview that
+        # cannot be written must not leave a label map behind an error exit.
+        check_writable_location(preview)
     predictor, volume = open_predictor_and_read(model, options, scan)
     prediction = predictor.predict(volume)
     write_label_map(prediction.labels, volume, out)
@@ -202,7 +219,7 @@ def _run_batch(
             f"{report.count('failed')} failed -> {out_dir}"
         )
     if report.failed:
-        names = ", ".join(r.name for r in report.failed)
+        names = ", ".join(dict.fromkeys(r.name for r in report.failed))  # clashes share one
         raise EdgesegError(f"{len(report.failed)} of {len(scans)} cases failed: {names}")
 
 

@@ -52,7 +52,7 @@ def register(app: typer.Typer) -> None:
         no_mixed: bool = typer.Option(
             False, "--no-mixed", help="Do not try the mixed-precision fallback."
         ),
-        threads: int | None = typer.Option(None, "--threads", help="Inference threads."),
+        threads: int | None = typer.Option(None, "--threads", min=1, help="Inference threads."),
         no_accuracy_aware: bool = typer.Option(
             False, "--no-accuracy-aware", help="Skip NNCF's accuracy-aware fallback (slow: "
             "minutes per model)."

@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
             0.98, "--bar", min=0.0, max=1.0,
             help="Mean per-organ Dice (INT8 vs fp32) each INT8 model must reach here."
         ),
-        threads: int | None = typer.Option(None, "--threads", help="Inference threads."),
+        threads: int | None = typer.Option(None, "--threads", min=1, help="Inference threads."),
     ) -> None:
         """Re-measure the bundle's INT8 models against its fp32 model on this CPU."""
         from edge_seg.bundle import load_bundle
