@@ -364,6 +364,8 @@ def read_volume(path: str | os.PathLike[str]) -> Volume:
     if not path.exists():
         raise EdgesegError(f"{path}: no such file or folder")
     reader = None
+    if path.is_file() and path.name.lower().endswith(".nii"):
+        _check_uncompressed_nifti(path)
     if path.is_file() and path.name.lower().endswith(".nii.gz"):
         reader = _file_reader(path)
         fast = read_nifti_gz_voxels(path, reader)
@@ -391,6 +393,18 @@ def read_volume(path: str | os.PathLike[str]) -> Volume:
         image.GetOrigin(),
         image.GetDirection(),
     )
+
+
+def _check_uncompressed_nifti(path: Path) -> None:
+    """Refuse a ``.nii`` cut short or holding NaN/inf voxels: ITK's reader zero-fills the
+    missing voxels and reads non-finite ones as 0, so the scan would be segmented as if whole."""
+    from evaluator.errors import EvaluationError
+    from evaluator.nifti_check import check_uncompressed_nifti
+
+    try:
+        check_uncompressed_nifti(path, subject="scan")
+    except EvaluationError as exc:
+        raise EdgesegError(str(exc)) from None
 
 
 def _checked_volume(

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from evaluator.errors import OutputPathError
+
 
 def _current_umask() -> int:
     # Linux reports the umask without changing it; os.umask() must set it to read it, which
@@ -28,6 +30,38 @@ def _current_umask() -> int:
     return mask
 
 
+def _blocking_file(folder: Path) -> Path | None:
+    """The nearest existing ancestor of ``folder`` (or itself) when it is not a folder."""
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            return None if candidate.is_dir() else candidate
+    return None
+
+
+def _prepare_parent(target: Path) -> None:
+    """Create ``target``'s folder, or raise :class:`OutputPathError` saying why it cannot be.
+
+    ``Path.mkdir`` reports a file in the way as FileExistsError or NotADirectoryError and a
+    pseudo file system (``/proc``) as FileNotFoundError, none of which names the real problem.
+    """
+    parent = target.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocking = _blocking_file(parent)
+        if blocking == parent:
+            raise OutputPathError(f"{parent}: output folder path is a file, not a "
+                                  "folder") from None
+        reason = (f"{blocking} is not a folder" if blocking is not None
+                  else exc.strerror or str(exc))
+        raise OutputPathError(f"{parent}: output folder cannot be created ({reason})") from None
+
+
+def _not_writable(folder: Path, exc: OSError) -> OutputPathError:
+    """The error for a folder that exists but takes no new files (read-only, permissions)."""
+    return OutputPathError(f"{folder}: output folder is not writable ({exc.strerror or exc})")
+
+
 def _suffixes(path: Path) -> str:
     # Keep the full suffix (".nii.gz") so that writers choosing a format by extension still work.
     return "".join(path.suffixes)
@@ -39,17 +73,25 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
 
     On an exception the temporary file is removed and ``target`` is left untouched.
 
+    Raises
+    ------
+    OutputPathError
+        When ``target``'s folder cannot be created or written (an ``OSError``).
+
     Examples
     --------
     >>> with atomic_path(out_dir / "cases.csv") as tmp:  # doctest: +SKIP
     ...     tmp.write_text("case,organ\\n")
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(
-        prefix=f".{target.name.split('.')[0]}.", suffix=".tmp" + _suffixes(target),
-        dir=target.parent,
-    )
+    _prepare_parent(target)
+    try:
+        fd, name = tempfile.mkstemp(
+            prefix=f".{target.name.split('.')[0]}.", suffix=".tmp" + _suffixes(target),
+            dir=target.parent,
+        )
+    except OSError as exc:
+        raise _not_writable(target.parent, exc) from None
     os.close(fd)
     tmp = Path(name)
     try:
@@ -69,10 +111,19 @@ def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
 
     ``target`` must not exist yet (callers decide about overwriting before calling). On an
     exception the temporary folder is removed.
+
+    Raises
+    ------
+    OutputPathError
+        When ``target``'s folder cannot be created or written (an ``OSError``).
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    _prepare_parent(target)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp",
+                                    dir=target.parent))
+    except OSError as exc:
+        raise _not_writable(target.parent, exc) from None
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_current_umask())  # mkdtemp creates 0700

@@ -12,16 +12,20 @@ pred_present, presence`` = TP/FP/TN/FN). ``status`` is ``scored``, ``missing_pre
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import math
+import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
-from evaluator.atomic import write_text_atomic
+from evaluator.atomic import atomic_path
+from evaluator.errors import EvaluationError, OutputPathError
 from evaluator.runner import EvaluationResult
 from evaluator.summary import Regression
 
@@ -92,18 +96,78 @@ def junit_xml(result: EvaluationResult, regressions: Sequence[Regression]) -> st
     return ElementTree.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
 
 
+def result_files(*, junit: bool) -> tuple[str, ...]:
+    """Names of the files :func:`write_outputs` writes (and so replaces) in the output folder."""
+    return ("cases.csv", "summary.json", *(("junit.xml",) if junit else ()))
+
+
+def _nearest_existing(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path(path.anchor or ".")
+
+
+def check_output_dir(out_dir: Path, *, junit: bool, overwrite: bool) -> None:
+    """Refuse, before anything is scored, an output folder that cannot take the results.
+
+    Refused: a path that is a file or lies below one, a place where no folder can be created
+    or written (a read-only or pseudo file system such as ``/proc``), and - unless
+    ``overwrite`` - a folder that holds results of an earlier run, which may be the baseline
+    being compared against. Nothing is left behind by the check.
+
+    Raises
+    ------
+    EvaluationError
+        A one-line message naming ``out_dir`` and the problem.
+    """
+    existing = _nearest_existing(out_dir)
+    if not existing.is_dir():
+        problem = ("exists and is not a folder" if existing == out_dir
+                   else f"lies below {existing}, which is a file, not a folder")
+        raise OutputPathError(f"{out_dir}: output path {problem}")
+    try:
+        # Creating something is the only reliable test: os.access says yes to root on
+        # read-only mounts, and /proc refuses new entries with "No such file or directory".
+        os.rmdir(tempfile.mkdtemp(prefix=".edgeseg-write-check.", dir=existing))
+    except OSError as exc:
+        raise OutputPathError(f"{out_dir}: cannot create or write the output folder in "
+                              f"{existing} ({exc.strerror or exc})") from None
+    if existing == out_dir and not overwrite:
+        earlier = [name for name in result_files(junit=junit) if (out_dir / name).exists()]
+        if earlier:
+            raise EvaluationError(f"{out_dir}: holds {', '.join(earlier)} of an earlier run; "
+                                  "pass --overwrite to replace them or choose another --output")
+
+
 def write_outputs(out_dir: Path, result: EvaluationResult, summary: dict[str, Any],
                   *, junit: bool, regressions: Sequence[Regression] = ()) -> list[Path]:
-    """Write ``cases.csv``, ``summary.json`` (and ``junit.xml``) into ``out_dir`` atomically."""
-    if out_dir.exists() and not out_dir.is_dir():
-        from evaluator.errors import EvaluationError
+    """Write ``cases.csv``, ``summary.json`` (and ``junit.xml``) into ``out_dir`` atomically.
 
-        raise EvaluationError(f"{out_dir}: output path exists and is not a folder")
+    All files are written to temporaries first and renamed only once every one is complete,
+    so a failed write (a full disk) leaves the earlier results, never a mix of both.
+
+    Raises
+    ------
+    OutputPathError
+        When the folder cannot be created or a file cannot be written (an ``OSError``).
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputPathError(f"{out_dir}: output path exists and is not a folder")
     # Render everything first: a formatting error must not leave some files written.
     texts = {"cases.csv": cases_csv(result), "summary.json": summary_json(summary)}
     if junit:
         texts["junit.xml"] = junit_xml(result, regressions)
-    return [write_text_atomic(out_dir / name, text) for name, text in texts.items()]
+    try:
+        with contextlib.ExitStack() as renames:
+            for name, text in texts.items():
+                renames.enter_context(atomic_path(out_dir / name)).write_text(text)
+    except OutputPathError:
+        raise
+    except OSError as exc:
+        raise OutputPathError(f"{out_dir}: cannot write results "
+                              f"({exc.strerror or exc})") from None
+    return [out_dir / name for name in texts]
 
 
 def _fmt(stats: dict[str, Any] | None, digits: int = 3) -> str:

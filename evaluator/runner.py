@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +78,8 @@ class EvaluationResult:
     missing_predictions: list[str]
     failures: list[CaseFailure]
     ignored_predictions: int
+    #: Case ids of the predictions without ground truth (not scored), sorted.
+    unscored_predictions: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,13 @@ def _check_folder(path: Path, role: str) -> None:
 def discover_cases(gt_root: Path, pred_root: Path,
                    options: EvaluationOptions) -> tuple[str, list[CaseSpec], int]:
     """(format, cases, number of predictions without ground truth) for two folders."""
+    fmt, cases, unscored = _discover(gt_root, pred_root, options)
+    return fmt, cases, len(unscored)
+
+
+def _discover(gt_root: Path, pred_root: Path,
+              options: EvaluationOptions) -> tuple[str, list[CaseSpec], list[str]]:
+    """(format, cases, sorted ids of the predictions without ground truth)."""
     if options.format not in FORMATS:
         raise EvaluationError(f"unknown format {options.format!r}; choose from "
                               f"{', '.join(FORMATS)}")
@@ -150,8 +159,7 @@ def discover_cases(gt_root: Path, pred_root: Path,
         raise EvaluationError(f"{pred_root}: no prediction matches a ground-truth case "
                               f"(expected e.g. {cases[0].case_id}.nii.gz)")
     available = set(nifti.image_files(pred_root))
-    ignored = len(available - {c.case_id for c in cases})
-    return fmt, cases, ignored
+    return fmt, cases, sorted(available - {c.case_id for c in cases})
 
 
 def _add_presence_cases(cases: list[CaseSpec], pred_root: Path,
@@ -192,15 +200,41 @@ def _case_organs(spec: CaseSpec, gt_set: LabelSet | None, pred_set: LabelSet,
     return [o for o in organs if wanted is None or o in wanted]
 
 
+def known_organs(label_sets: Iterable[LabelSet | None]) -> set[str]:
+    """Organ names any label table knows: FLARE's, the presets' and those of ``label_sets``.
+
+    A JSON label file may add structures, so the label sets of the run count too.
+    """
+    known = set(FLARE_NSD_TOLERANCE_MM) | set(FLARE_LABELS)
+    known |= {o for s in PRESETS.values() for o in s.organs}
+    for label_set in label_sets:
+        if label_set is not None:
+            known |= set(label_set.organs)
+    return known
+
+
+def _check_organ_option(requested: Sequence[str], known: set[str],
+                        in_run: Sequence[str]) -> None:
+    """Refuse ``--organ`` names that no label table knows (most likely a typo)."""
+    unknown = [name for name in requested if canonical_organ_name(name) not in known]
+    if unknown:
+        raise EvaluationError(
+            f"--organ: unknown organ {unknown[0]!r}; organs in this run: {', '.join(in_run)} "
+            "(aliases such as rk, ivc work)"
+        )
+
+
 def plan_jobs(cases: list[CaseSpec], options: EvaluationOptions, protocol: Protocol,
               fmt: str) -> list[_CaseJob]:
-    """Resolve label sets and the organs of every case."""
-    cache: dict[str, LabelSet] = {}
-    wanted = None
-    if options.organs:
-        from evaluator.labels import canonical_organ_name
+    """Resolve label sets and the organs of every case.
 
-        wanted = {canonical_organ_name(o) for o in options.organs}
+    Raises
+    ------
+    EvaluationError
+        For an ``organs`` entry that no label table knows, or when no organ is left to score.
+    """
+    cache: dict[str, LabelSet] = {}
+    wanted = {canonical_organ_name(o) for o in options.organs} if options.organs else None
     plans = []
     all_organs: list[str] = []
     for spec in cases:
@@ -210,6 +244,12 @@ def plan_jobs(cases: list[CaseSpec], options: EvaluationOptions, protocol: Proto
         organs = _case_organs(spec, gt_set, pred_set, wanted)
         plans.append((spec, gt_set, pred_set, organs))
         all_organs += [o for o in organs if o not in all_organs]
+    if options.organs:
+        in_run = list(dict.fromkeys(
+            o for spec, gt_set, pred_set, _ in plans
+            for o in _case_organs(spec, gt_set, pred_set, None)))
+        known = known_organs(s for _, gt_set, pred_set, _ in plans for s in (gt_set, pred_set))
+        _check_organ_option(options.organs, known, in_run)
     if not all_organs:
         raise EvaluationError("no organ is shared by the ground-truth and prediction label sets"
                               + (" and --organs" if wanted else ""))
@@ -229,12 +269,7 @@ def check_nsd_overrides(overrides: Mapping[str, float], jobs: Sequence[_CaseJob]
     label set of this run (a JSON label file may add structures). A known organ that this run
     does not evaluate is accepted, so one command line can serve several datasets.
     """
-    known = set(FLARE_NSD_TOLERANCE_MM) | set(FLARE_LABELS)
-    known |= {o for s in PRESETS.values() for o in s.organs}
-    for job in jobs:
-        known |= set(job.pred_labels.organs)
-        if job.gt_labels is not None:
-            known |= set(job.gt_labels.organs)
+    known = known_organs(s for job in jobs for s in (job.gt_labels, job.pred_labels))
     unknown = [organ for organ in overrides if organ not in known]
     if unknown:
         evaluated = list(dict.fromkeys(o for job in jobs for o in job.organ_ids))
@@ -314,7 +349,7 @@ def evaluate(
     overrides = {canonical_organ_name(organ): mm
                  for organ, mm in options.nsd_tolerance_mm.items()}
     protocol = get_protocol(options.protocol, overrides)
-    fmt, cases, ignored = discover_cases(gt_root, pred_root, options)
+    fmt, cases, unscored = _discover(gt_root, pred_root, options)
     jobs = plan_jobs(cases, options, protocol, fmt)
     check_nsd_overrides(overrides, jobs)
     cpus = os.cpu_count() or 1
@@ -345,7 +380,8 @@ def evaluate(
         cases=[job.spec.case_id for job in jobs],
         missing_predictions=[job.spec.case_id for job in jobs if job.spec.pred is None],
         failures=failures,
-        ignored_predictions=ignored,
+        ignored_predictions=len(unscored),
+        unscored_predictions=unscored,
     )
 
 

@@ -8,13 +8,14 @@ not depend on the runtime and because label maps need different checks than imag
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from evaluator.errors import EvaluationError
+from evaluator.nifti_check import NiftiStreamCheck, check_uncompressed_nifti
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
 
@@ -62,11 +63,12 @@ def _integer_labels(array: np.ndarray, path: Path) -> np.ndarray:
     return rounded.astype(np.uint16 if rounded.max(initial=0) > 255 else np.uint8)
 
 
-def check_gzip_complete(path: Path) -> None:
+def check_gzip_complete(path: Path, sink: Callable[[bytes], None] | None = None) -> None:
     """Raise if a ``.gz`` file is truncated or corrupt.
 
     ITK's NIfTI reader fills a truncated gzip stream with zeros instead of failing, which
     would silently score an empty prediction; decompressing once to nowhere catches it.
+    ``sink``, if given, receives the decompressed bytes in order (for checks of the content).
     """
     import zlib
 
@@ -74,14 +76,35 @@ def check_gzip_complete(path: Path) -> None:
     try:
         with path.open("rb") as handle:
             while chunk := handle.read(1 << 20):
-                # Bounded output per call (16 MiB) so memory stays flat; the output is dropped.
-                decompressor.decompress(chunk, 1 << 24)
-                while decompressor.unconsumed_tail:
-                    decompressor.decompress(decompressor.unconsumed_tail, 1 << 24)
+                # Bounded output per call (16 MiB) so memory stays flat; only the sink sees it.
+                out = decompressor.decompress(chunk, 1 << 24)
+                while True:
+                    if sink is not None and out:
+                        sink(out)
+                    if not decompressor.unconsumed_tail:
+                        break
+                    out = decompressor.decompress(decompressor.unconsumed_tail, 1 << 24)
     except (OSError, zlib.error) as exc:
         raise EvaluationError(f"{path}: corrupt gzip data ({exc})") from None
     if not decompressor.eof:
         raise EvaluationError(f"{path}: truncated file (gzip stream ends early)")
+
+
+def check_file_complete(path: Path) -> None:
+    """Raise :class:`EvaluationError` for a file that ITK would read although it is broken.
+
+    Truncated gzip streams, NIfTI files shorter than their header says and NIfTI float voxels
+    that are NaN or infinite (ITK reads those as 0, hiding them from :func:`_integer_labels`).
+    """
+    name = path.name.lower()
+    if name.endswith(".nii.gz"):
+        check = NiftiStreamCheck()
+        check_gzip_complete(path, sink=check.feed)
+        check.finish(path, "decompressed file")
+    elif name.endswith(".gz"):
+        check_gzip_complete(path)
+    elif name.endswith(".nii"):
+        check_uncompressed_nifti(path)
 
 
 def read_label_file(path: Path) -> LabelVolume:
@@ -90,8 +113,7 @@ def read_label_file(path: Path) -> LabelVolume:
 
     if not path.is_file():
         raise EvaluationError(f"{path}: file not found")
-    if path.name.endswith(".gz"):
-        check_gzip_complete(path)
+    check_file_complete(path)
     try:
         image = sitk.ReadImage(str(path))
         array = sitk.GetArrayFromImage(image)

@@ -3,14 +3,22 @@
 Only parses options and calls :mod:`evaluator`; all logic lives there (the evaluator is usable
 without the runtime). Exit codes: 0 success; 1 a metric regressed beyond ``--max-drop``
 against ``--baseline``; 2 invalid input (one-line ``edgeseg: error:`` message), including runs
-where some case could not be read (outputs are still written, listing those cases).
+where some case could not be read (outputs are still written, listing those cases) and
+output folders that cannot be written or hold earlier results (without ``--overwrite``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from evaluator.runner import EvaluationResult
+
+#: Case ids shown in one warning line before "...".
+_SHOWN = 10
 
 
 def _parse_tolerances(items: list[str]) -> dict[str, float]:
@@ -27,6 +35,58 @@ def _parse_tolerances(items: list[str]) -> dict[str, float]:
                 f"--nsd-tolerance: expected ORGAN=MM (e.g. liver=5), got {item!r}"
             ) from None
     return tolerances
+
+
+def _check_output_options(output: Path | None, junit: bool, overwrite: bool) -> None:
+    """Refuse output options that would do nothing, and unusable output folders, up front."""
+    from evaluator.errors import EvaluationError
+    from evaluator.report import check_output_dir
+
+    if output is None:
+        # Otherwise these flags are silently ignored and CI finds no report later.
+        for flag, given in (("--junit", junit), ("--overwrite", overwrite)):
+            if given:
+                raise EvaluationError(f"{flag} needs --output DIR")
+        return
+    check_output_dir(output, junit=junit, overwrite=overwrite)
+
+
+def _load_baseline(baseline: Path | None) -> dict[str, Any] | None:
+    """The baseline summary, read before anything is written (it may lie in the output)."""
+    import json
+
+    from evaluator.errors import EvaluationError
+
+    if baseline is None:
+        return None
+    try:
+        summary = json.loads(baseline.read_text())
+    except (OSError, ValueError) as exc:
+        raise EvaluationError(f"{baseline}: cannot read baseline summary ({exc})") from None
+    if not isinstance(summary, dict) or "organs" not in summary:
+        raise EvaluationError(f"{baseline}: not an edgeseg summary.json")
+    return summary
+
+
+def _listed(case_ids: list[str]) -> str:
+    more = " ..." if len(case_ids) > _SHOWN else ""
+    return ", ".join(case_ids[:_SHOWN]) + more
+
+
+def _warn_about_cases(result: EvaluationResult, quiet: bool) -> None:
+    """Unreadable and missing cases always; predictions nobody scored unless ``quiet``."""
+    for failure in result.failures:
+        typer.echo(f"edgeseg: warning: {failure.message}", err=True)
+    if result.missing_predictions:
+        typer.echo(f"edgeseg: warning: {len(result.missing_predictions)} case(s) without a "
+                   f"prediction, scored as worst case: {_listed(result.missing_predictions)}",
+                   err=True)
+    if result.unscored_predictions and not quiet:
+        # Not an error (a PRED folder may hold a whole test set), but a misnamed prediction
+        # would otherwise only show as a missing one.
+        typer.echo(f"edgeseg: note: {len(result.unscored_predictions)} prediction(s) without "
+                   f"ground truth, not scored: {_listed(result.unscored_predictions)}",
+                   err=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -63,9 +123,16 @@ def register(app: typer.Typer) -> None:
                  "instead of refusing a geometry mismatch.",
         ),
         output: Path | None = typer.Option(
-            None, "--output", "-o", help="Write cases.csv and summary.json here."
+            None, "--output", "-o",
+            help="Write cases.csv and summary.json here (refused if it holds earlier results, "
+                 "unless --overwrite).",
         ),
         junit: bool = typer.Option(False, "--junit", help="Also write junit.xml (with -o)."),
+        overwrite: bool = typer.Option(
+            False, "--overwrite",
+            help="Replace the results of an earlier run in --output (a --baseline there is "
+                 "read first).",
+        ),
         baseline: Path | None = typer.Option(
             None, "--baseline", help="summary.json of an earlier run to compare against."
         ),
@@ -76,12 +143,10 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No table or progress bar."),
     ) -> None:
         """Score PRED against GT: DSC, NSD, HD95 (+ CHAOS metrics) and organ presence."""
-        import json
-
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-        from evaluator.errors import EvaluationError
+        from evaluator.errors import EvaluationError, OutputPathError
         from evaluator.report import print_table, write_outputs
         from evaluator.runner import EvaluationOptions, discover_cases
         from evaluator.runner import evaluate as run_evaluation
@@ -91,15 +156,8 @@ def register(app: typer.Typer) -> None:
             raise EvaluationError(f"--workers must be >= 1, got {workers}")
         if max_drop < 0:
             raise EvaluationError(f"--max-drop must be >= 0, got {max_drop}")
-        baseline_summary = None
-        if baseline is not None:
-            try:
-                baseline_summary = json.loads(baseline.read_text())
-            except (OSError, ValueError) as exc:
-                raise EvaluationError(f"{baseline}: cannot read baseline summary ({exc})") \
-                    from None
-            if not isinstance(baseline_summary, dict) or "organs" not in baseline_summary:
-                raise EvaluationError(f"{baseline}: not an edgeseg summary.json")
+        _check_output_options(output, junit, overwrite)
+        baseline_summary = _load_baseline(baseline)
         options = EvaluationOptions(
             format=format, protocol=protocol, gt_labels=gt_labels, pred_labels=pred_labels,
             presence_csv=presence_csv, organs=tuple(organs),
@@ -108,9 +166,10 @@ def register(app: typer.Typer) -> None:
         )
         console = Console(stderr=True)
         n_cases = len(discover_cases(gt, pred, options)[1])
+        # Off a terminal the bar draws nothing but leaves a blank line before the messages.
         with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("{task.description}"), console=console,
-                      disable=quiet, transient=True) as bar:
+                      disable=quiet or not console.is_terminal, transient=True) as bar:
             task = bar.add_task("", total=n_cases)
             result = run_evaluation(
                 gt, pred, options,
@@ -119,27 +178,28 @@ def register(app: typer.Typer) -> None:
         summary = build_summary(result)
         regressions = (compare_to_baseline(summary, baseline_summary, max_drop)
                        if baseline_summary is not None else [])
+        write_error: OutputPathError | None = None
         if output is not None:
-            write_outputs(output, result, summary, junit=junit, regressions=regressions)
+            try:
+                write_outputs(output, result, summary, junit=junit, regressions=regressions)
+            except OutputPathError as exc:
+                write_error = exc  # reported after the table, so the scores are still seen
         if not quiet:
             import sys
 
             # Off a terminal rich would wrap at 80 columns; the table needs more.
             print_table(summary, Console(width=None if sys.stdout.isatty() else 130))
-        for failure in result.failures:
-            typer.echo(f"edgeseg: warning: {failure.message}", err=True)
-        if result.missing_predictions:
-            shown = ", ".join(result.missing_predictions[:10])
-            more = " ..." if len(result.missing_predictions) > 10 else ""
-            typer.echo(f"edgeseg: warning: {len(result.missing_predictions)} case(s) without a "
-                       f"prediction, scored as worst case: {shown}{more}", err=True)
+        _warn_about_cases(result, quiet)
+        for regression in regressions:
+            typer.echo(f"regression: {regression.describe()}", err=True)
         if regressions:
-            for regression in regressions:
-                typer.echo(f"regression: {regression.describe()}", err=True)
             typer.echo(f"edgeseg: {len(regressions)} metric(s) dropped by more than "
                        f"{max_drop} against {baseline}", err=True)
+        if write_error is not None:
+            raise write_error
+        if regressions:
             raise typer.Exit(1)
         if result.failures:
-            cases = ", ".join(f.case for f in result.failures[:10])
+            cases = ", ".join(f.case for f in result.failures[:_SHOWN])
             raise EvaluationError(f"{len(result.failures)} case(s) could not be read: {cases} "
                                   "(listed in summary.json)")
