@@ -290,6 +290,7 @@ def read_nifti_gz_voxels(
         endian = _nifti1_endianness(header)
         if endian is None:
             return None
+        _check_nifti1_voxel_size(path, header, endian)
         dims = np.frombuffer(header, f"{endian}i2", 8, 40)
         code = int(np.frombuffer(header, f"{endian}i2", 1, 70)[0])
         offset, slope, inter = (float(v) for v in np.frombuffer(header, f"{endian}f4", 3, 108))
@@ -321,6 +322,18 @@ def read_nifti_gz_voxels(
     if not array.dtype.isnative:
         array = array.byteswap().view(array.dtype.newbyteorder("="))
     return array, header[:348]
+
+
+def _check_nifti1_voxel_size(path: Path, header: bytes, endian: str) -> None:
+    """Refuse a NIfTI-1 header without a voxel size: ITK reads a ``pixdim`` of 0 as 1 mm, and
+    a scan resampled from a made-up spacing is segmented at the wrong scale."""
+    pixdim = np.frombuffer(header, f"{endian}f4", 3, 80)  # pixdim[1:4]: x, y, z
+    if not np.all(np.isfinite(pixdim)) or np.any(pixdim == 0):
+        sizes = ", ".join(f"{v:g}" for v in pixdim)
+        raise EdgesegError(
+            f"{path}: the NIfTI header gives no usable voxel size (pixdim {sizes}); "
+            "fix the header's spacing"
+        )
 
 
 def _nifti1_endianness(header: bytes) -> str | None:
@@ -396,8 +409,9 @@ def read_volume(path: str | os.PathLike[str]) -> Volume:
 
 
 def _check_uncompressed_nifti(path: Path) -> None:
-    """Refuse a ``.nii`` cut short or holding NaN/inf voxels: ITK's reader zero-fills the
-    missing voxels and reads non-finite ones as 0, so the scan would be segmented as if whole."""
+    """Refuse a ``.nii`` cut short, holding NaN/inf voxels or without a voxel size: ITK's reader
+    zero-fills the missing voxels and reads non-finite ones as 0 and a size of 0 as 1 mm, so
+    the scan would be segmented as if whole and sound."""
     from evaluator.errors import EvaluationError
     from evaluator.nifti_check import check_uncompressed_nifti
 
@@ -405,6 +419,11 @@ def _check_uncompressed_nifti(path: Path) -> None:
         check_uncompressed_nifti(path, subject="scan")
     except EvaluationError as exc:
         raise EdgesegError(str(exc)) from None
+    with path.open("rb") as handle:
+        header = handle.read(348)
+    endian = _nifti1_endianness(header) if len(header) == 348 else None
+    if endian is not None:
+        _check_nifti1_voxel_size(path, header, endian)
 
 
 def _checked_volume(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 from pathlib import Path
 
@@ -279,6 +280,19 @@ def test_uncompressed_nifti_with_nan_voxels_is_refused(tmp_path: Path) -> None:
     path = _write(tmp_path / "nan.nii", voxels)
     with pytest.raises(EdgesegError, match=r"nan\.nii: scan contains NaN or infinite values"):
         read_volume(path)
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_nifti_without_voxel_size_is_refused(tmp_path: Path, suffix: str) -> None:
+    # ITK reads pixdim 0 as 1 mm; resampling from a made-up spacing segments at a wrong scale.
+    path = _write(tmp_path / f"scan{suffix}", np.ones((20, 32, 32), np.int16))
+    raw = path.read_bytes() if suffix == ".nii" else gzip.decompress(path.read_bytes())
+    raw = raw[:80] + np.array([0.8, 0.0, 2.5], "<f4").tobytes() + raw[92:]
+    bad = tmp_path / f"bad{suffix}"
+    bad.write_bytes(raw if suffix == ".nii" else gzip.compress(raw))
+    with pytest.raises(EdgesegError, match=r"gives no usable voxel size \(pixdim 0\.8, 0, 2\.5\)"):
+        read_volume(bad)
+    assert read_volume(path).spacing_mm == pytest.approx((2.5, 0.7, 0.8))
 
 
 def test_fast_reader_matches_itk_on_real_ct(shared_data: Path) -> None:
