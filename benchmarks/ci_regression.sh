@@ -12,8 +12,10 @@
 # Usage:
 #   benchmarks/ci_regression.sh                    # gate (exit 1 on regression)
 #   benchmarks/ci_regression.sh --update-baseline  # re-measure and rewrite the baseline
-# Environment: PYTHON (default: python), RESULTS (folder to keep the results in),
-# MODEL (a bundle to use instead of the embedded one; for trying the script only).
+# Environment: PYTHON (default: python), RESULTS (folder to keep the results in; results of
+# an earlier run there are replaced), MODEL (a bundle to use instead of the embedded one; for
+# trying the script only).
+# Exit status: 0 gate passed; 1 regression; 2 bad input, or a case that did not finish ok.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,7 +34,7 @@ RESULTS=${RESULTS:-$WORK/results}
     --cases "$CASES" --slices "$SLICES" --seed "$SEED"
 
 ARGS=(benchmark "$WORK/phantoms/imagesTr" --gt "$WORK/phantoms/labelsTr"
-      --time-limit 120 --output "$RESULTS" --no-plots --precision fp32)
+      --time-limit 120 --output "$RESULTS" --overwrite --no-plots --precision fp32)
 if [[ -n "${MODEL:-}" ]]; then
     ARGS+=(--model "$MODEL")
 fi

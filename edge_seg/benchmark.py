@@ -13,7 +13,9 @@ better than seconds do; the regression gate uses those and the in-run ratios bet
 configurations, never absolute seconds.
 
 Timed-out, memory-killed and crashed cases are recorded with their status (and the tail of
-stderr) and the benchmark goes on; with ground truth they score DSC = NSD = 0, as in FLARE.
+stderr) and the benchmark goes on; with ground truth they score DSC = NSD = 0, as in FLARE. A
+case that finished but whose ground truth cannot be scored (unreadable, or not on the scan's
+grid) is different: it is recorded as not scored, with the reason, and left out of the means.
 
 This module holds the data model, the runner and the summary statistics; the regression gate
 is in :mod:`edge_seg.benchmark_gate`, the CSV/JSON/table/plot writers in
@@ -130,6 +132,7 @@ class CaseRecord:
     nsd: float | None = None
     organ_dsc: dict[str, float] = field(default_factory=dict)
     organ_nsd: dict[str, float] = field(default_factory=dict)
+    score_error: str | None = None  # why a case with ground truth was not scored
     samples: list[list[float]] = field(default_factory=list)  # [t_s, rss_mb, cpu_percent]
 
     @property
@@ -448,8 +451,15 @@ def apply_accuracy(
     """Fill DSC/NSD of every record whose case has ground truth.
 
     Failed, timed-out and memory-killed cases score DSC = NSD = 0 for every organ, as FLARE
-    scores a missing prediction. Returns one message per prediction that could not be scored
-    (that case then scores 0 too).
+    scores a missing prediction. A finished case whose scoring fails (unreadable ground truth,
+    ground truth off the scan's grid, unknown label values) is *not scored*: its DSC/NSD stay
+    None and ``score_error`` holds the reason, so that it enters neither the count of scored
+    cases nor the means (a zero there would be a measurement that never happened).
+
+    Returns
+    -------
+    list of str
+        One message per case that could not be scored, naming the case and the reason.
     """
     labels = {case.case_id: case.label for case in cases if case.label is not None}
     problems: list[str] = []
@@ -459,12 +469,19 @@ def apply_accuracy(
             continue
         organ_dsc: dict[str, float] = {}
         organ_nsd: dict[str, float] = {}
+        record.score_error = None
         if record.ok and record.prediction:
             try:
                 organ_dsc, organ_nsd = score(Path(record.prediction), label)
             except (EdgesegError, ValueError, OSError, RuntimeError) as exc:
                 # EvaluationError is a ValueError: geometry mismatch, unknown labels.
-                problems.append(f"{record.case_id} ({record.config}): not scored: {exc}")
+                record.score_error = " ".join(str(exc).split()) or type(exc).__name__
+                record.organ_dsc, record.organ_nsd = {}, {}
+                record.dsc = record.nsd = None
+                problems.append(
+                    f"{record.case_id} ({record.config}): not scored: {record.score_error}"
+                )
+                continue
         record.organ_dsc, record.organ_nsd = organ_dsc, organ_nsd
         record.dsc = _mean(organ_dsc.values())
         record.nsd = _mean(organ_nsd.values())
@@ -489,7 +506,8 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 def summarise(run: BenchmarkRun) -> dict[str, dict[str, Any]]:
     """Per configuration: counts by status, median and p90 of time/memory/CPU over the cases
-    that finished, time in reference units, and mean DSC/NSD over scored cases (failures 0)."""
+    that finished, time in reference units, and mean DSC/NSD over scored cases (failures 0;
+    cases whose ground truth could not be scored are counted in ``not_scored`` only)."""
     summary: dict[str, dict[str, Any]] = {}
     for config in run.configs:
         records = run.records_for(config.name)
@@ -507,6 +525,7 @@ def summarise(run: BenchmarkRun) -> dict[str, dict[str, Any]]:
         entry["median_time_ref_units"] = percentile(units, 50)
         scored = [r for r in records if r.dsc is not None]
         entry["scored"] = len(scored)
+        entry["not_scored"] = sum(1 for r in records if r.score_error is not None)
         entry["mean_dsc"] = _mean(r.dsc for r in scored) if scored else None  # type: ignore[misc]
         entry["mean_nsd"] = _mean(r.nsd for r in scored) if scored else None  # type: ignore[misc]
         summary[config.name] = entry

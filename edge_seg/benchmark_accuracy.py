@@ -26,8 +26,10 @@ def score_prediction(
     Raises
     ------
     EvaluationError
-        Unreadable files, unknown label values, or a prediction not on the ground truth's
-        grid (one line, naming the prediction).
+        Unreadable files, unknown label values, or ground truth not on the grid of the
+        prediction (one line, naming the ground-truth file: the prediction is written on the
+        scan's own grid, and in the benchmark it is a temporary file gone by the time the
+        message is read).
     """
     rules = get_protocol(protocol)
     labels = load_labelset(labelset)
@@ -36,7 +38,9 @@ def score_prediction(
     pred = read_label_file(Path(prediction))
     mismatch = same_geometry(gt, pred, check_position=True)
     if mismatch:
-        raise EvaluationError(f"{prediction}: {mismatch}")
+        raise EvaluationError(
+            f"{label}: ground truth is not on the scan's grid (prediction {mismatch})"
+        )
     rows = score_organs(
         Path(label).name,
         to_evaluation_labels(gt.array, labels, ids, str(label)),

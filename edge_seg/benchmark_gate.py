@@ -128,6 +128,11 @@ def check_regression(
 def _gate_accuracy(
     name: str, cur: dict[str, Any], base: dict[str, Any], max_drop: float, result: GateResult
 ) -> None:
+    unscored = cur.get("not_scored") or 0
+    if unscored:
+        # Their ground truth could not be read: the means cover fewer cases than the baseline's.
+        result.notes.append(f"config '{name}': {unscored} case(s) not scored; mean DSC/NSD "
+                            f"over {cur.get('scored', 0)} case(s)")
     for metric in ("dsc", "nsd"):
         before, now = base.get(f"mean_{metric}"), cur.get(f"mean_{metric}")
         if before is None:

@@ -14,9 +14,10 @@ JSON schema (``benchmark.json``, ``schema_version`` 1)
 ``reference_workload`` : ``{"times_s": [...], "median_s": float | null}`` - a fixed
     single-threaded job timed in a fresh process before each round of cases.
 ``configs`` : list of ``{"name", "options"}``; the first is the one ratios refer to.
-``summary`` : config name -> ``{"cases", "ok", "status_counts", "scored", "mean_dsc",
-    "mean_nsd", "median_time_ref_units", "median_<f>", "p90_<f>"}`` for ``<f>`` in ``time_s``,
-    ``peak_rss_mb``, ``memory_auc_mb_s``, ``mean_cpu_percent`` (over cases with status ok).
+``summary`` : config name -> ``{"cases", "ok", "status_counts", "scored", "not_scored",
+    "mean_dsc", "mean_nsd", "median_time_ref_units", "median_<f>", "p90_<f>"}`` for ``<f>``
+    in ``time_s``, ``peak_rss_mb``, ``memory_auc_mb_s``, ``mean_cpu_percent`` (over cases
+    with status ok).
 ``comparison`` : config name (all but the first) -> ``{"cases_compared", "time_ratio",
     "peak_rss_ratio", "dsc_delta"}`` - medians of per-case ratios against the first config.
 ``unmatched_cases`` : cases with no ground-truth file.
@@ -28,8 +29,10 @@ JSON schema (``benchmark.json``, ``schema_version`` 1)
     sampled curve, MiB x s), ``mean_cpu_percent`` (kernel CPU time / wall time x 100),
     ``cpu_time_s``, ``kernel_max_rss_mb`` (kernel peak of the largest single process),
     ``prediction``, ``stderr_tail``, ``dsc``/``nsd`` (mean over organs; 0 for failed cases;
-    null without ground truth), ``organ_dsc``/``organ_nsd``, ``samples`` ([t_s, rss_mb,
-    cpu_percent] every interval).
+    null without ground truth or when it could not be scored), ``organ_dsc``/``organ_nsd``,
+    ``score_error`` (null, or why the ground truth could not be scored: such a case is not
+    counted in ``scored`` nor in the means), ``samples`` ([t_s, rss_mb, cpu_percent] every
+    interval).
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ SCHEMA_VERSION = 1
 CSV_COLUMNS = (
     "case_id", "config", "status", "exit_code", "voxels", "shape", "time_s", "time_ref_units",
     "peak_rss_mb", "memory_auc_mb_s", "mean_cpu_percent", "cpu_time_s", "kernel_max_rss_mb",
-    "dsc", "nsd", "stderr_tail",
+    "dsc", "nsd", "stderr_tail", "score_error",
 )
 
 

@@ -14,7 +14,12 @@ import SimpleITK as sitk
 from rich.console import Console
 
 from edge_seg.benchmark import BenchmarkCase, Config
-from edge_seg.benchmark_cli import RegressionError, predict_kwargs, run_benchmark_command
+from edge_seg.benchmark_cli import (
+    IncompleteRunError,
+    RegressionError,
+    predict_kwargs,
+    run_benchmark_command,
+)
 from edge_seg.commands.benchmark import parse_memory_mb, predict_command
 from edge_seg.errors import EdgesegError
 
@@ -109,7 +114,10 @@ def _copy_child(case: BenchmarkCase, config: Config, prediction: Path) -> list[s
     return [sys.executable, "-c", CHILD, str(case.image), str(prediction), config.name]
 
 
-def _run(tmp_path: Path, cases: Path, output: Path, **kwargs) -> str:
+def _run(tmp_path: Path, cases: Path, output: Path, *, incomplete: str | None = None,
+         **kwargs) -> str:
+    """Run the command in-process; ``incomplete``: the IncompleteRunError (exit 2) expected
+    once all results are written, matched against this pattern."""
     console = Console(record=True, width=200)
     options = dict(
         cases_dir=cases, time_limit=60, model=tmp_path / "unused", gt=None,
@@ -118,15 +126,22 @@ def _run(tmp_path: Path, cases: Path, output: Path, **kwargs) -> str:
         command_for=_copy_child, model_check=None, console=console,
     )
     options.update(kwargs)
-    run_benchmark_command(**options)
+    if incomplete is None:
+        run_benchmark_command(**options)
+    else:
+        with pytest.raises(IncompleteRunError, match=incomplete) as info:
+            run_benchmark_command(**options)
+        assert info.value.exit_code == 2
     return console.export_text()
 
 
 def test_command_writes_results_and_gates_against_itself(tmp_path: Path) -> None:
     cases = _cases_dir(tmp_path)
     out = tmp_path / "out"
+    # case b fails under fp32: every result is still written, then exit status 2 names it
+    failed_b = r"1 of 4 case run\(s\) did not finish ok \(1 failed: b \(precision=fp32\)\)"
     text = _run(tmp_path, cases, out, compare=["precision=fp32"], plots=True,
-                keep_predictions=True)
+                keep_predictions=True, incomplete=failed_b)
     assert "median" in text and "p90" in text and "time ratio" in text
     data = json.loads((out / "benchmark.json").read_text())
     status = {(c["case_id"], c["config"]): c["status"] for c in data["cases"]}
@@ -140,8 +155,9 @@ def test_command_writes_results_and_gates_against_itself(tmp_path: Path) -> None
 
     # The same command against its own result passes the gate (time not gated: too noisy for
     # a test) ...
+    # (b failed in the baseline too: no regression, but still exit status 2)
     text = _run(tmp_path, cases, tmp_path / "again", compare=["precision=fp32"],
-                baseline=out / "benchmark.json", max_slowdown=None)
+                baseline=out / "benchmark.json", max_slowdown=None, incomplete=failed_b)
     assert "no regression" in text
     # without --keep-predictions the label maps are gone, and so is their temporary folder
     assert sorted(p.name for p in (tmp_path / "again").iterdir()) == [

@@ -53,8 +53,11 @@ def test_benchmark_with_real_predict_accuracy_and_compare(dataset, tmp_path: Pat
     assert len(data["cases"]) == 6
     for case in data["cases"]:
         assert case["status"] == "ok", case["stderr_tail"]
-        # a fresh interpreter with OpenVINO or ONNX Runtime loaded: tens of MB at least
-        assert case["peak_rss_mb"] > 50 and case["memory_auc_mb_s"] > 0
+        # a fresh interpreter with OpenVINO or ONNX Runtime loaded: tens of MB at least. The
+        # kernel's peak is exact; a 0.2 s child gives the 0.1 s sampler only two or three
+        # readings, which can all fall before the model is loaded.
+        assert case["kernel_max_rss_mb"] > 50
+        assert case["peak_rss_mb"] > 0 and case["memory_auc_mb_s"] > 0
         assert case["time_s"] > 0 and case["samples"]
         if case["case_id"] == "unlabelled":
             assert case["dsc"] is None

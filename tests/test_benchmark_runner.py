@@ -298,3 +298,29 @@ def test_compare_specifications() -> None:
             parse_config(bad)
     with pytest.raises(EdgesegError, match="configuration given twice"):
         build_configs(["precision=int8", "precision=int8"])
+
+
+def test_unscorable_ground_truth_is_left_out_while_failures_score_zero(tmp_path: Path) -> None:
+    from evaluator.errors import EvaluationError
+
+    run = run_benchmark(_cases("good", "crash"), [Config(BASE_CONFIG)], _command, tmp_path,
+                        time_limit_s=60, reference=False)
+    cases = [BenchmarkCase(n, Path(n), tmp_path / f"{n}_gt.nii.gz", None)
+             for n in ("good", "crash")]
+
+    def score(prediction: Path, label: Path) -> tuple[dict[str, float], dict[str, float]]:
+        raise EvaluationError(f"{label}: truncated file (gzip stream ends early)")
+
+    problems = apply_accuracy(run, cases, score)
+    assert problems == [f"good (base): not scored: {tmp_path / 'good_gt.nii.gz'}: truncated "
+                        "file (gzip stream ends early)"]
+    good, crash = run.records
+    assert good.dsc is None and good.nsd is None and "good_gt.nii.gz" in good.score_error
+    assert crash.dsc == 0.0 and crash.score_error is None  # did not finish: FLARE's zero
+    summary = summarise(run)[BASE_CONFIG]
+    assert summary["scored"] == 1 and summary["not_scored"] == 1
+    assert summary["mean_dsc"] == 0.0  # the crash only; no zero for the unscored case
+    row = next(csv.DictReader(csv_text(run).splitlines()))
+    assert row["dsc"] == "" and "truncated file" in row["score_error"]
+    gate = check_regression(run_to_json(run), run_to_json(run))
+    assert "config 'base': 1 case(s) not scored; mean DSC/NSD over 1 case(s)" in gate.notes

@@ -76,6 +76,10 @@ def register(app: typer.Typer) -> None:
         output: Path = typer.Option(
             Path("benchmark_results"), "--output", "-o", help="Folder for tables and plots."
         ),
+        overwrite: bool = typer.Option(
+            False, "--overwrite",
+            help="Replace the results of an earlier run in OUTPUT (refused without it).",
+        ),
         backend: str | None = typer.Option(None, "--backend", help="openvino | onnxruntime"),
         precision: str | None = typer.Option(
             None, "--precision", help="auto | int8 | fp32 | bf16"
@@ -98,7 +102,9 @@ def register(app: typer.Typer) -> None:
             "the plain options.",
         ),
         baseline: Path | None = typer.Option(
-            None, "--baseline", help="benchmark.json of an earlier run: exit 1 on regression."
+            None, "--baseline",
+            help="benchmark.json of an earlier run: exit 1 on regression (exit 2 when, without "
+            "one, a case did not finish ok).",
         ),
         max_slowdown: float = typer.Option(
             1.25, "--max-slowdown", help="Largest allowed time ratio against the baseline."
@@ -121,7 +127,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Time each case in a fresh `edgeseg predict` process, as FLARE does: wall time from
         start to the written output, peak memory and memory-time AUC of the whole process tree
-        (sampled every 0.1 s), CPU use; optional accuracy and regression gate."""
+        (sampled every 0.1 s), CPU use; optional accuracy and regression gate.
+
+        Exit status: 0 every case finished ok (and was scored, with --gt) and no regression;
+        1 a regression against --baseline; 2 bad input (nothing run or written) or, once all
+        results are written, a case that did not finish ok or could not be scored."""
         from edge_seg.benchmark_cli import run_benchmark_command
 
         run_benchmark_command(
@@ -136,5 +146,5 @@ def register(app: typer.Typer) -> None:
             compare=compare, baseline=baseline,
             max_slowdown=max_slowdown if time_gate else None, max_drop=max_drop,
             interval=interval, reference=reference, plots=plots,
-            keep_predictions=keep_predictions,
+            keep_predictions=keep_predictions, overwrite=overwrite,
         )
