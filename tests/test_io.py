@@ -273,6 +273,25 @@ def test_nifti_cut_short_is_a_one_line_error(
     assert read_volume(path).array.shape == (20, 32, 32)
 
 
+def test_metaimage_cut_short_or_without_its_data_file_is_refused(tmp_path: Path) -> None:
+    voxels = np.ones((20, 32, 32), np.int16)
+    local = _write(tmp_path / "scan.mha", voxels)
+    cut = tmp_path / "cut.mha"
+    cut.write_bytes(local.read_bytes()[:-1000])
+    with pytest.raises(EdgesegError, match=r"cut\.mha: truncated MetaImage: header needs 40960 "
+                       r"bytes of voxel data, file holds 39960"):
+        read_volume(cut)
+    detached = _write(tmp_path / "scan.mhd", voxels)
+    raw = tmp_path / "scan.raw"
+    raw.write_bytes(raw.read_bytes()[:100])
+    with pytest.raises(EdgesegError, match=r"truncated MetaImage: .* scan\.raw holds 100"):
+        read_volume(detached)
+    raw.unlink()
+    with pytest.raises(EdgesegError, match=r"scan\.mhd: its voxel data file .*scan\.raw does"):
+        read_volume(detached)
+    assert read_volume(local).array.shape == (20, 32, 32)
+
+
 def test_uncompressed_nifti_with_nan_voxels_is_refused(tmp_path: Path) -> None:
     # ITK reads NaN in a .nii as 0, so the check cannot be made on the array it returns.
     voxels = np.zeros((20, 32, 32), np.float32)
