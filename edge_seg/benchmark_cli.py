@@ -10,6 +10,7 @@ accuracy is computed (outside the timed children), then results are written and 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import tempfile
@@ -78,9 +79,11 @@ def predict_kwargs(options: dict[str, str]) -> dict[str, object]:
         field = key.replace("-", "_")
         if key in NUMBER_KEYS:
             try:
-                kwargs[field] = NUMBER_KEYS[key](value)
+                kwargs[field] = number = NUMBER_KEYS[key](value)
             except ValueError:
                 raise ValueError(f"--{key}: {value!r} is not a number") from None
+            if key == "threads" and number < 1:
+                raise ValueError(f"--threads: {value!r} must be at least 1")
         elif key in SWITCH_KEYS:
             kwargs[field] = value == "on"
         else:
@@ -204,15 +207,19 @@ def run_benchmark_command(
 def _check_numbers(
     time_limit: float, interval: float, max_slowdown: float | None, max_drop: float
 ) -> None:
-    """One-line errors for numeric options out of range."""
-    if time_limit <= 0:
-        raise EdgesegError(f"--time-limit must be positive, got {time_limit:g}")
-    if interval <= 0:
-        raise EdgesegError(f"--interval must be positive, got {interval:g}")
-    if max_slowdown is not None and max_slowdown <= 0:
-        raise EdgesegError(f"--max-slowdown must be positive, got {max_slowdown:g}")
-    if max_drop < 0:
-        raise EdgesegError(f"--max-drop must not be negative, got {max_drop:g}")
+    """One-line errors for numeric options out of range.
+
+    NaN is refused explicitly: every comparison with it is false, so a ``--max-drop nan``
+    would pass any regression and a ``--time-limit nan`` would never stop a case.
+    """
+    if not (math.isfinite(time_limit) and time_limit > 0):
+        raise EdgesegError(f"--time-limit must be a positive number, got {time_limit:g}")
+    if not (math.isfinite(interval) and interval > 0):
+        raise EdgesegError(f"--interval must be a positive number, got {interval:g}")
+    if max_slowdown is not None and not (math.isfinite(max_slowdown) and max_slowdown > 0):
+        raise EdgesegError(f"--max-slowdown must be a positive number, got {max_slowdown:g}")
+    if not (math.isfinite(max_drop) and max_drop >= 0):
+        raise EdgesegError(f"--max-drop must be a number >= 0, got {max_drop:g}")
 
 
 def check_output(output: Path, *, overwrite: bool) -> None:

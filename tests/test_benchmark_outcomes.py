@@ -149,3 +149,25 @@ def test_earlier_results_are_refused_unless_overwrite(phantoms: Path, tmp_path: 
     assert rewritten["settings"]["gt"] == labels
     # the earlier run's plots, not redrawn by this --no-plots run, are gone
     assert not list((out / "plots").glob("*.png"))
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (("--max-drop", "nan"), "--max-drop must be a number >= 0, got nan"),
+        (("--time-limit", "nan"), "--time-limit must be a positive number, got nan"),
+        (("--max-slowdown", "nan"), "--max-slowdown must be a positive number, got nan"),
+        (("--interval", "inf"), "--interval must be a positive number, got inf"),
+        (("--threads", "0"), "--threads: '0' must be at least 1"),
+        (("--compare", "threads=0"), "--threads: '0' must be at least 1 (--compare threads=0)"),
+    ],
+)
+def test_options_that_would_disarm_a_gate_or_fail_every_case_are_refused(
+    phantoms: Path, tmp_path: Path, option: tuple[str, str], message: str
+) -> None:
+    # NaN compares false with everything: a "--max-drop nan" gate would pass any regression.
+    out = tmp_path / "out"
+    result = _edgeseg(str(phantoms / "imagesTr"), "-o", str(out), "--no-reference",
+                      "--no-plots", *option)
+    _assert_one_line_error(result, message)
+    assert not out.exists()
