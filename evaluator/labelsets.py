@@ -93,7 +93,14 @@ def labelset_from_mapping(mapping: Mapping[str, object], name: str) -> LabelSet:
     """Build a label set from a JSON-like mapping (forms listed in the module docstring)."""
     ignore = False
     table: object = mapping
-    if "labels" in mapping and isinstance(mapping["labels"], Mapping):
+    if "labels" in mapping:
+        # Without this a list would fall through and the file's other keys ("name", ...)
+        # would be read as organs, giving a misleading "unsupported value" message.
+        if not isinstance(mapping["labels"], Mapping):
+            raise EvaluationError(
+                f"{name}: 'labels' must be an object mapping names to values "
+                f'({{"liver": 1}}) or values to names ({{"1": "liver"}}), got '
+                f"{type(mapping['labels']).__name__}")
         table = mapping["labels"]
         ignore = bool(mapping.get("ignore_unlisted", False))
     if not isinstance(table, Mapping) or not table:

@@ -19,6 +19,7 @@ FLARE/HALOS empty-organ conventions and reports case-level organ presence. They 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -90,8 +91,10 @@ def get_protocol(name: str, nsd_overrides: Mapping[str, float] | None = None) ->
     if not nsd_overrides:
         return protocol
     for organ, tolerance in nsd_overrides.items():
-        if not tolerance >= 0:
-            raise EvaluationError(f"NSD tolerance for {organ!r} must be >= 0 mm, got {tolerance}")
+        # inf would make every surface point count (NSD = 1 always); nan fails every test.
+        if not (math.isfinite(tolerance) and tolerance >= 0):
+            raise EvaluationError(f"NSD tolerance for {organ!r} must be >= 0 mm and finite, "
+                                  f"got {tolerance}")
     merged = {**protocol.nsd_tolerance_mm, **nsd_overrides}
     return Protocol(
         protocol.name, merged, protocol.nsd_zero_below_dsc, protocol.ground_truth_slices_only,

@@ -4,8 +4,11 @@ Run-level problems (missing or empty folders, no matching predictions, unknown C
 bad options) raise :class:`~evaluator.errors.EvaluationError` before anything is scored.
 Case-level problems (an unreadable or truncated file, a geometry mismatch, unknown label
 values) are recorded in :attr:`EvaluationResult.failures` and the batch goes on: a broken
-*prediction* is scored as the worst case (like a missing one); a case with a broken *ground
-truth* cannot be scored and has no rows.
+*prediction* is scored as the worst case (like a missing one); a case with a broken or missing
+*ground truth* (also a CHAOS case folder without ``Ground/`` or ``DICOM_anon/``, an MSD
+``training`` entry without its label map) cannot be scored, has no rows and is listed.
+Ground-truth structures that no prediction label set holds are not scored and are named in
+:attr:`EvaluationResult.warnings`.
 """
 
 from __future__ import annotations
@@ -80,6 +83,8 @@ class EvaluationResult:
     ignored_predictions: int
     #: Case ids of the predictions without ground truth (not scored), sorted.
     unscored_predictions: list[str] = field(default_factory=list)
+    #: Run-level warnings, one line each (ground-truth structures left unscored).
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,8 @@ def _discover(gt_root: Path, pred_root: Path,
             raise EvaluationError(f"{gt_root}: no CHAOS case folders (DICOM_anon/ + Ground/)")
     else:
         cases = nifti.discover(gt_root, pred_root)
+    if fmt == "msd":
+        cases += nifti.listed_but_missing(gt_root, pred_root, cases)
     if options.presence_csv is not None:
         cases = _add_presence_cases(cases, pred_root, options.presence_csv)
     if not cases:
@@ -262,6 +269,34 @@ def plan_jobs(cases: list[CaseSpec], options: EvaluationOptions, protocol: Proto
     ]
 
 
+def unscored_structures(jobs: Sequence[_CaseJob], organs: Sequence[str]) -> list[str]:
+    """One warning per ground-truth structure that is left unscored for want of a prediction.
+
+    Organs are matched by name, so a ground-truth name that the prediction label set lacks
+    (a misspelt MSD ``{"1": "hepar"}``, a FLARE23 lesion against FLARE predictions) would
+    otherwise silently vanish from the scores. Structures left out by ``--organ`` are meant.
+    """
+    wanted = {canonical_organ_name(o) for o in organs} if organs else None
+    # Organs the tables know without this run's own label files (which hold the odd name).
+    known = known_organs(())
+    warnings: dict[tuple[str, str, str], str] = {}
+    for job in jobs:
+        gt_set, pred_set = job.gt_labels, job.pred_labels
+        if gt_set is None or job.spec.gt_problem is not None:
+            continue
+        for organ in gt_set.organs:
+            key = (gt_set.name, pred_set.name, organ)
+            if organ in job.organ_ids or (wanted and organ not in wanted) or key in warnings:
+                continue
+            reason = (f"the prediction label set {pred_set.name!r} has no {organ!r}"
+                      if organ in known else
+                      "no label table knows that name (aliases such as 'right kidney' or "
+                      "'ivc' work)")
+            warnings[key] = (f"{gt_set.name}: label {organ!r} (value "
+                             f"{gt_set.representative_value(organ)}) is not scored: {reason}")
+    return list(warnings.values())
+
+
 def check_nsd_overrides(overrides: Mapping[str, float], jobs: Sequence[_CaseJob]) -> None:
     """Refuse an NSD tolerance override for an organ nobody knows (most likely a typo).
 
@@ -279,9 +314,27 @@ def check_nsd_overrides(overrides: Mapping[str, float], jobs: Sequence[_CaseJob]
         )
 
 
+def protocol_overrides(options: EvaluationOptions) -> dict[str, float]:
+    """The ``nsd_tolerance_mm`` overrides keyed by canonical organ name."""
+    return {canonical_organ_name(organ): mm for organ, mm in options.nsd_tolerance_mm.items()}
+
+
+def resolve_protocol(options: EvaluationOptions) -> Protocol:
+    """The protocol a run scores with, overrides applied (known before anything is read).
+
+    Raises
+    ------
+    EvaluationError
+        For an unknown protocol or a negative or non-finite tolerance.
+    """
+    return get_protocol(options.protocol, protocol_overrides(options))
+
+
 def score_job(job: _CaseJob) -> _CaseOutcome:
     """Read, map and score one case (runs in a worker process when --workers > 1)."""
     spec = job.spec
+    if spec.gt_problem is not None:
+        return _CaseOutcome([], CaseFailure(spec.case_id, "ground truth", spec.gt_problem))
     if spec.gt is None:
         return _score_presence_only(job)
     assert job.gt_labels is not None
@@ -346,12 +399,10 @@ def evaluate(
 
     ``progress`` is called with each case id once it is scored.
     """
-    overrides = {canonical_organ_name(organ): mm
-                 for organ, mm in options.nsd_tolerance_mm.items()}
-    protocol = get_protocol(options.protocol, overrides)
+    protocol = resolve_protocol(options)
     fmt, cases, unscored = _discover(gt_root, pred_root, options)
     jobs = plan_jobs(cases, options, protocol, fmt)
-    check_nsd_overrides(overrides, jobs)
+    check_nsd_overrides(protocol_overrides(options), jobs)
     cpus = os.cpu_count() or 1
     workers = max(1, min(int(options.workers), len(jobs), cpus))
     # Cores not used by case processes score organs in threads.
@@ -371,6 +422,8 @@ def evaluate(
                     progress(job.spec.case_id)
     rows = [row for outcome in outcomes for row in outcome.rows]
     failures = [o.failure for o in outcomes if o.failure is not None]
+    # A case whose ground truth failed is not scored, so it is no worst-case "missing" one.
+    unscorable = {f.case for f in failures if f.side == "ground truth"}
     return EvaluationResult(
         gt_root=gt_root,
         pred_root=pred_root,
@@ -378,10 +431,12 @@ def evaluate(
         protocol=protocol,
         rows=rows,
         cases=[job.spec.case_id for job in jobs],
-        missing_predictions=[job.spec.case_id for job in jobs if job.spec.pred is None],
+        missing_predictions=[job.spec.case_id for job in jobs
+                             if job.spec.pred is None and job.spec.case_id not in unscorable],
         failures=failures,
         ignored_predictions=len(unscored),
         unscored_predictions=unscored,
+        warnings=unscored_structures(jobs, options.organs),
     )
 
 

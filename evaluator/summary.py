@@ -11,6 +11,7 @@
                 "missing_predictions": ["case_07"],          # scored as worst case
                 "failed": [{"case": "...", "side": "prediction", "error": "..."}],
                 "ignored_predictions": 0},                   # predictions without ground truth
+      "warnings": ["<labels.json>: label 'hepar' (value 1) ... not scored", ...],
       "organs": {
         "<organ>": {
           "metrics": {"<metric>": {"mean": 0.91, "median": 0.93, "std": 0.04, "n": 48}, ...},
@@ -28,7 +29,10 @@
 
 Metric statistics are over the (case, organ) rows that carry the metric (presence-only rows
 carry none); ``std`` is the population standard deviation; undefined values (NaN) are
-skipped and counted out of ``n``. Non-finite numbers are written as ``null``.
+skipped and counted out of ``n``. Non-finite numbers are written as ``null``. ``warnings`` are
+the run-level warnings the CLI prints (ground-truth structures left unscored, ...); cases that
+could not be scored are in ``cases.failed``. A ``--baseline`` is checked against this schema by
+:mod:`evaluator.baseline` before a run is scored.
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ from evaluator.runner import EvaluationResult, finite_or_none
 from evaluator.scoring import OrganScore
 
 SCHEMA = "edgeseg-evaluation/1"
+
+#: Presence rates compared against a baseline (as ``presence_<rate>``).
+PRESENCE_HEADLINES = ("fpr", "f1", "balanced_accuracy")
 
 #: Metrics where a smaller value is better (all others: larger is better).
 LOWER_IS_BETTER = frozenset({"hd95", "assd", "mssd", "ravd", "fpr"})
@@ -110,6 +117,7 @@ def build_summary(result: EvaluationResult) -> dict[str, Any]:
                        for f in result.failures],
             "ignored_predictions": result.ignored_predictions,
         },
+        "warnings": list(result.warnings),
         "organs": organs,
         "overall": overall,
     }
@@ -143,7 +151,7 @@ def _headline_values(summary: Mapping[str, Any]) -> dict[tuple[str, str], float 
         for metric, stats in block.get("metrics", {}).items():
             values[(scope, metric)] = stats.get("mean") if isinstance(stats, Mapping) else None
         presence = block.get("presence", {})
-        for metric in ("fpr", "f1", "balanced_accuracy"):
+        for metric in PRESENCE_HEADLINES:
             if metric in presence:
                 values[(scope, f"presence_{metric}")] = presence[metric]
     return values

@@ -5,17 +5,25 @@ without the runtime). Exit codes: 0 success; 1 a metric regressed beyond ``--max
 against ``--baseline``; 2 invalid input (one-line ``edgeseg: error:`` message), including runs
 where some case could not be read (outputs are still written, listing those cases) and
 output folders that cannot be written or hold earlier results (without ``--overwrite``).
+
+Everything that can be checked without scoring is checked first: options (``--max-drop`` and
+``--nsd-tolerance`` must be finite and >= 0), the output folder and the ``--baseline`` (schema,
+structure, protocol; :mod:`evaluator.baseline`). After scoring the outputs are written before
+the baseline gate decides the exit code, so a run's results are never lost to the gate.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
 
 if TYPE_CHECKING:
+    from evaluator.protocols import Protocol
     from evaluator.runner import EvaluationResult
+    from evaluator.summary import Regression
 
 #: Case ids shown in one warning line before "...".
 _SHOWN = 10
@@ -51,21 +59,34 @@ def _check_output_options(output: Path | None, junit: bool, overwrite: bool) -> 
     check_output_dir(output, junit=junit, overwrite=overwrite)
 
 
-def _load_baseline(baseline: Path | None) -> dict[str, Any] | None:
-    """The baseline summary, read before anything is written (it may lie in the output)."""
-    import json
-
+def _check_max_drop(max_drop: float) -> None:
+    """Refuse a tolerance that would switch the gate off (nan compares false) or make it odd."""
     from evaluator.errors import EvaluationError
 
-    if baseline is None:
-        return None
-    try:
-        summary = json.loads(baseline.read_text())
-    except (OSError, ValueError) as exc:
-        raise EvaluationError(f"{baseline}: cannot read baseline summary ({exc})") from None
-    if not isinstance(summary, dict) or "organs" not in summary:
-        raise EvaluationError(f"{baseline}: not an edgeseg summary.json")
-    return summary
+    if not (math.isfinite(max_drop) and max_drop >= 0):
+        raise EvaluationError(f"--max-drop must be a finite number >= 0, got {max_drop}")
+
+
+def _load_baseline(baseline: Path | None, protocol: Protocol) -> dict[str, Any] | None:
+    """The checked baseline summary, read before anything is written (it may lie in the output).
+
+    Raises
+    ------
+    EvaluationError
+        One line naming the file: unreadable, another schema or structure, another protocol.
+    """
+    from evaluator.baseline import load_baseline
+
+    return None if baseline is None else load_baseline(baseline, protocol)
+
+
+def _report_regressions(regressions: list[Regression], max_drop: float,
+                        baseline: Path | None) -> None:
+    for regression in regressions:
+        typer.echo(f"regression: {regression.describe()}", err=True)
+    if regressions:
+        typer.echo(f"edgeseg: {len(regressions)} metric(s) dropped by more than "
+                   f"{max_drop} against {baseline}", err=True)
 
 
 def _listed(case_ids: list[str]) -> str:
@@ -74,7 +95,9 @@ def _listed(case_ids: list[str]) -> str:
 
 
 def _warn_about_cases(result: EvaluationResult, quiet: bool) -> None:
-    """Unreadable and missing cases always; predictions nobody scored unless ``quiet``."""
+    """Warnings (unscored structures, failed and missing cases) and, unless quiet, notes."""
+    for warning in result.warnings:
+        typer.echo(f"edgeseg: warning: {warning}", err=True)
     for failure in result.failures:
         typer.echo(f"edgeseg: warning: {failure.message}", err=True)
     if result.missing_predictions:
@@ -148,22 +171,21 @@ def register(app: typer.Typer) -> None:
 
         from evaluator.errors import EvaluationError, OutputPathError
         from evaluator.report import print_table, write_outputs
-        from evaluator.runner import EvaluationOptions, discover_cases
+        from evaluator.runner import EvaluationOptions, discover_cases, resolve_protocol
         from evaluator.runner import evaluate as run_evaluation
         from evaluator.summary import build_summary, compare_to_baseline
 
         if workers < 1:
             raise EvaluationError(f"--workers must be >= 1, got {workers}")
-        if max_drop < 0:
-            raise EvaluationError(f"--max-drop must be >= 0, got {max_drop}")
-        _check_output_options(output, junit, overwrite)
-        baseline_summary = _load_baseline(baseline)
+        _check_max_drop(max_drop)
         options = EvaluationOptions(
             format=format, protocol=protocol, gt_labels=gt_labels, pred_labels=pred_labels,
             presence_csv=presence_csv, organs=tuple(organs),
             nsd_tolerance_mm=_parse_tolerances(nsd_tolerance), resample_pred=resample_pred,
             workers=workers,
         )
+        _check_output_options(output, junit, overwrite)
+        baseline_summary = _load_baseline(baseline, resolve_protocol(options))
         console = Console(stderr=True)
         n_cases = len(discover_cases(gt, pred, options)[1])
         # Off a terminal the bar draws nothing but leaves a blank line before the messages.
@@ -176,25 +198,26 @@ def register(app: typer.Typer) -> None:
                 progress=lambda case: bar.update(task, advance=1, description=case),
             )
         summary = build_summary(result)
-        regressions = (compare_to_baseline(summary, baseline_summary, max_drop)
-                       if baseline_summary is not None else [])
+        regressions: list[Regression] = []
         write_error: OutputPathError | None = None
-        if output is not None:
-            try:
-                write_outputs(output, result, summary, junit=junit, regressions=regressions)
-            except OutputPathError as exc:
-                write_error = exc  # reported after the table, so the scores are still seen
+        try:
+            # The baseline was validated up front, so this cannot fail on its content; should
+            # it fail anyway, the finally clause still writes what was scored.
+            if baseline_summary is not None:
+                regressions = compare_to_baseline(summary, baseline_summary, max_drop)
+        finally:
+            if output is not None:
+                try:
+                    write_outputs(output, result, summary, junit=junit, regressions=regressions)
+                except OutputPathError as exc:
+                    write_error = exc  # reported after the table, so the scores are still seen
         if not quiet:
             import sys
 
             # Off a terminal rich would wrap at 80 columns; the table needs more.
             print_table(summary, Console(width=None if sys.stdout.isatty() else 130))
         _warn_about_cases(result, quiet)
-        for regression in regressions:
-            typer.echo(f"regression: {regression.describe()}", err=True)
-        if regressions:
-            typer.echo(f"edgeseg: {len(regressions)} metric(s) dropped by more than "
-                       f"{max_drop} against {baseline}", err=True)
+        _report_regressions(regressions, max_drop, baseline)
         if write_error is not None:
             raise write_error
         if regressions:

@@ -46,7 +46,9 @@ class CaseSpec:
     case ``presence`` holds the ground-truth organ presence. ``pred`` is None when the
     prediction is missing. ``gt_labels`` / ``pred_labels`` name the label set the adapter
     infers for each side ("flare", "chaos_ct", a dataset.json path, ...), used unless the user
-    gives one.
+    gives one. ``gt_problem`` is set by an adapter that found the case but not a usable ground
+    truth (a CHAOS folder without ``Ground/``, an MSD ``training`` entry without its label
+    file): the case is reported as a ground-truth failure instead of being dropped.
     """
 
     case_id: str
@@ -56,6 +58,7 @@ class CaseSpec:
     pred_labels: str = "flare"
     presence: dict[str, bool] | None = None
     modality: str = ""
+    gt_problem: str | None = None
     notes: list[str] = field(default_factory=list)
 
 

@@ -19,6 +19,11 @@ file-name slice order, FLARE label numbers), else a folder of PNG slices (CHAOS 
 - for a single case ``PRED`` itself - or ``PRED/<relative path>/`` then its subfolders
 ``Results/`` (the CHAOS submission layout, ``MR/3/T1DUAL/Results``), ``Segmentation/`` or
 ``Ground/`` (a copy of the ground-truth tree), else ``PRED/<id>/``.
+
+Every subfolder of ``CT/`` and every ``T1DUAL``/``T2SPIR`` folder of an MR patient is a case; one
+that lacks ``Ground/`` or ``DICOM_anon/`` (or an MR patient with neither sequence) is returned
+with :attr:`~evaluator.adapters.base.CaseSpec.gt_problem` set, so it is listed as a case
+without a readable ground truth rather than skipped. Auto-detection counts complete cases only.
 """
 
 from __future__ import annotations
@@ -44,22 +49,48 @@ def looks_like_chaos(root: Path) -> bool:
 
 
 def _case_folders(root: Path) -> list[tuple[Path, str]]:
-    """(case folder, modality) pairs under ``root``."""
+    """(case folder, modality) pairs of the complete cases under ``root``."""
+    return [(folder, modality) for folder, modality, missing in _candidate_folders(root)
+            if not missing]
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    """Visible subfolders, sorted (macOS ``._*`` and ``__MACOSX`` copies are not cases)."""
+    return sorted(p for p in folder.iterdir()
+                  if p.is_dir() and not p.name.startswith((".", "__MACOSX")))
+
+
+def _missing_parts(folder: Path) -> str:
+    """What a case folder lacks, as "no Ground/" ("" for a complete one)."""
+    lacks = [name + "/" for name in ("DICOM_anon", "Ground") if not (folder / name).is_dir()]
+    if len(lacks) == 2:
+        return "neither DICOM_anon/ nor Ground/"
+    return f"no {lacks[0]}" if lacks else ""
+
+
+def _candidate_folders(root: Path) -> list[tuple[Path, str, str]]:
+    """(folder, modality, missing parts) of every folder in a case position under ``root``.
+
+    Every subfolder of ``CT/`` is a case, and so is every ``T1DUAL``/``T2SPIR`` folder of an
+    MR patient; an MR patient folder with neither sequence is listed as lacking both. A case
+    that lacks a part is returned (not skipped) so that it can be reported.
+    """
     if is_chaos_case(root):
-        return [(root, _modality_of(root))]
-    found: list[tuple[Path, str]] = []
+        return [(root, _modality_of(root), "")]
+    found: list[tuple[Path, str, str]] = []
     modality_dirs = [root / m for m in ("CT", "MR") if (root / m).is_dir()]
     if not modality_dirs and root.name.upper() in ("CT", "MR"):
         modality_dirs = [root]
     for modality_dir in modality_dirs:
         modality = modality_dir.name.upper()
-        for case in sorted(p for p in modality_dir.iterdir() if p.is_dir()):
-            if modality == "CT" and is_chaos_case(case):
-                found.append((case, "CT"))
-            elif modality == "MR":
-                for sequence in ("T1DUAL", "T2SPIR"):
-                    if is_chaos_case(case / sequence):
-                        found.append((case / sequence, "MR"))
+        for case in _subfolders(modality_dir):
+            if modality == "CT":
+                found.append((case, "CT", _missing_parts(case)))
+                continue
+            sequences = [case / s for s in ("T1DUAL", "T2SPIR") if (case / s).is_dir()]
+            if not sequences:
+                found.append((case, "MR", "no T1DUAL/ or T2SPIR/ sequence folder"))
+            found += [(sequence, "MR", _missing_parts(sequence)) for sequence in sequences]
     return found
 
 
@@ -90,19 +121,30 @@ def _find_prediction(pred_root: Path, case_id: str, relative: Path,
     return None
 
 
+def _case_id(folder: Path, gt_root: Path, single: bool) -> tuple[str, Path]:
+    """(case id, path of the case below the root) of a case folder."""
+    relative = Path(".") if single else folder.relative_to(gt_root)
+    case_id = folder.name if single else "_".join(relative.parts)
+    if not single and gt_root.name.upper() in ("CT", "MR"):
+        case_id = f"{gt_root.name.upper()}_{case_id}"
+    return case_id, relative
+
+
 def discover(gt_root: Path, pred_root: Path) -> list[CaseSpec]:
-    """Cases of a CHAOS ground-truth root with their predictions (None where missing)."""
-    folders = _case_folders(gt_root)
+    """Cases of a CHAOS ground-truth root with their predictions (None where missing).
+
+    A case folder without ``Ground/`` or ``DICOM_anon/`` is returned with ``gt_problem`` set
+    (its ground truth cannot be read), so the run lists it as a failed case.
+    """
     single = is_chaos_case(gt_root)
     cases = []
-    for folder, modality in folders:
-        relative = Path(".") if single else folder.relative_to(gt_root)
-        case_id = folder.name if single else "_".join(relative.parts)
-        if not single and gt_root.name.upper() in ("CT", "MR"):
-            case_id = f"{gt_root.name.upper()}_{case_id}"
+    for folder, modality, missing in _candidate_folders(gt_root):
+        case_id, relative = _case_id(folder, gt_root, single)
         dicom_dir = _dicom_dir(folder)
         pred = _find_prediction(pred_root, case_id, relative, single, dicom_dir)
         chaos_labels = "chaos_mr" if modality == "MR" else "chaos_ct"
+        problem = (f"{folder}: CHAOS case folder has {missing}, so its ground truth cannot be "
+                   f"read; case {case_id} not scored") if missing else None
         cases.append(CaseSpec(
             case_id=case_id,
             gt=ChaosSeries(folder / "Ground", dicom_dir),
@@ -111,5 +153,6 @@ def discover(gt_root: Path, pred_root: Path) -> list[CaseSpec]:
             # PNG predictions use the CHAOS grey values; NIfTI predictions FLARE numbers.
             pred_labels=chaos_labels if isinstance(pred, ChaosSeries) else "flare",
             modality=modality,
+            gt_problem=problem,
         ))
     return cases

@@ -5,13 +5,20 @@ Ground truth may be a folder of label maps (``<case>.nii.gz``), or a dataset roo
 v2 ``{"liver": 1}`` or MSD ``{"1": "liver"}``) becomes the ground-truth label set. Predictions
 are ``PRED/<case>.nii.gz`` (other NIfTI/MHA/NRRD suffixes too); other files in PRED (nnU-Net's
 ``plans.json``, ``.npz``) are ignored.
+
+An MSD ``dataset.json`` ``training`` list must be a list of ``{"image": ..., "label": ...}``
+objects; when ``labelsTr`` is scored, a listed case whose label map is not there is reported
+as a case without ground truth (:func:`listed_but_missing`), not dropped.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from evaluator.adapters.base import CaseSpec, LabelFile
+from evaluator.errors import EvaluationError
 from evaluator.volumes import strip_image_suffix
 
 
@@ -59,4 +66,69 @@ def discover(gt_root: Path, pred_root: Path, default_labels: str = "flare") -> l
             pred_labels="flare",
         )
         for case, path in image_files(folder).items()
+    ]
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise EvaluationError(f"{path}: not a valid dataset.json ({exc})") from None
+
+
+def training_labels(json_path: Path) -> dict[str, str]:
+    """Case id -> label path of every entry of the ``training`` list of an MSD dataset.json.
+
+    Raises
+    ------
+    EvaluationError
+        If ``training`` is not a list of objects with a label-image ``label`` path.
+    """
+    data = _read_json(json_path)
+    training = data.get("training", []) if isinstance(data, Mapping) else []
+    if not isinstance(training, Sequence) or isinstance(training, str):
+        raise EvaluationError(f"{json_path}: 'training' must be a list of "
+                              f'{{"image": ..., "label": ...}} objects, got '
+                              f"{type(training).__name__} {training!r:.40}")
+    listed: dict[str, str] = {}
+    for index, entry in enumerate(training):
+        label = entry.get("label") if isinstance(entry, Mapping) else None
+        if not isinstance(label, str):
+            raise EvaluationError(f"{json_path}: training entry {index} must be an object with "
+                                  f"a 'label' path, got {entry!r:.60}")
+        case = strip_image_suffix(Path(label).name)
+        if case is None:
+            raise EvaluationError(f"{json_path}: training entry {index}: {label!r} is not a "
+                                  "NIfTI/MHA/NRRD label map")
+        listed.setdefault(case, label)
+    return listed
+
+
+def listed_but_missing(gt_root: Path, pred_root: Path,
+                       found: Sequence[CaseSpec]) -> list[CaseSpec]:
+    """Cases the MSD ``training`` list names but whose label map is not in the label folder.
+
+    Only checked when the training labels are scored (not ``labelsTs``). Each is returned
+    with ``gt_problem`` set, so the run lists it as a failed case instead of dropping it.
+    """
+    folder = label_folder(gt_root)
+    json_path = dataset_json(folder)
+    if json_path is None:
+        return []
+    listed = training_labels(json_path)  # validates the type even when labelsTs is scored
+    if folder.name == "labelsTs":
+        return []
+    known = {case.case_id for case in found}
+    predictions = image_files(pred_root)
+    return [
+        CaseSpec(
+            case_id=case,
+            gt=LabelFile(json_path.parent / label),
+            pred=LabelFile(predictions[case]) if case in predictions else None,
+            gt_labels=str(json_path),
+            pred_labels="flare",
+            gt_problem=(f"{json_path}: training lists {case} ({label}), but {folder} has no "
+                        f"label map of it; case {case} not scored"),
+        )
+        for case, label in listed.items() if case not in known
     ]
