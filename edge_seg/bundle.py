@@ -7,14 +7,16 @@ between the two and must stay torch-free.
 Schema of ``edgeseg.json`` (format version 1)
 ---------------------------------------------
 ``format_version`` : int
-    Bundles with a newer version than :data:`FORMAT_VERSION` are refused.
+    Bundles with a newer version than :data:`FORMAT_VERSION` are refused, and so is any
+    version below 1.
 ``name`` : str
 ``modality`` : ``"CT"`` or ``"MR"``
 ``channels`` : list of str
     One entry per network input channel, e.g. ``["CT"]``.
 ``labels`` : dict[str, int]
     Organ name -> integer value, ``"background": 0`` included. FLARE numbering where the organ
-    exists in FLARE (see :mod:`evaluator.labels`).
+    exists in FLARE (see :mod:`evaluator.labels`). Value ``v`` is the network's output channel
+    ``v``, so the values are exactly 0..N-1 for a network with N output channels.
 ``axis_order`` : ``"zyx"``
     Arrays are in SimpleITK/NumPy order (slowest axis first), as nnU-Net's ``SimpleITKIO``
     hands them to the network; no reorientation is applied (nnU-Net applies none either).
@@ -33,8 +35,8 @@ Schema of ``edgeseg.json`` (format version 1)
     ``{"anisotropy_threshold": 3.0}`` - nnU-Net resamples the out-of-plane axis separately
     (with order 0) when the spacing ratio exceeds this threshold.
 ``presence_input`` : list of str or null
-    Organ order of the network's presence-prior input (1 = present, 0 = absent), or null for
-    a network without one.
+    Organ order of the network's presence-prior input (1 = present, 0 = absent), organs of
+    ``labels``, or null for a network without one.
 ``presence_output`` : bool
     Whether the network returns presence logits as a second output (same organ order as
     ``presence_input``, or as ``labels`` without background when there is no input).
@@ -42,9 +44,9 @@ Schema of ``edgeseg.json`` (format version 1)
     ``{"image": "image", "presence": "presence", "logits": "logits",
     "presence_logits": "presence_logits"}``.
 ``files`` : dict[str, str]
-    Precision -> path relative to the bundle: ``"fp32"`` (ONNX, always present),
-    ``"int8_openvino"`` (OpenVINO IR ``.xml``; ``.bin`` beside it), ``"int8_onnx"`` (QDQ ONNX),
-    and optionally ``"int8_openvino_mixed"``.
+    Precision -> path relative to the bundle, inside its folder: ``"fp32"`` (ONNX, always
+    present), ``"int8_openvino"`` (OpenVINO IR ``.xml``; ``.bin`` beside it), ``"int8_onnx"``
+    (QDQ ONNX), and optionally ``"int8_openvino_mixed"``.
 ``validated_precisions`` : list of str
     Precisions whose fidelity report met the bar; ``--precision auto`` picks among these.
 ``mirror_axes`` : list[int]
@@ -55,6 +57,11 @@ Schema of ``edgeseg.json`` (format version 1)
     difference vs PyTorch, and anything else the exporter knows.
 ``fidelity`` : dict
     The quantisation report (per-class Dice INT8 vs fp32, latency ratios).
+
+What the runtime checks on loading (types, lengths, ranges; see :mod:`edge_seg.bundle_checks`)
+and what it checks against the model file when a backend compiles it (input and output names,
+class count, presence input; see :mod:`edge_seg.backends.ports`) is refused with one line
+naming ``edgeseg.json`` and the field.
 """
 
 from __future__ import annotations
@@ -64,6 +71,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_seg.bundle_checks import check_manifest, parse_manifest
 from edge_seg.errors import EdgesegError, require_folder
 
 FORMAT_VERSION = 1
@@ -153,37 +161,36 @@ class Bundle:
 def load_bundle(folder: str | Path) -> Bundle:
     """Read and check a bundle folder.
 
-    Raises :class:`EdgesegError` (one line, naming the file) when the manifest is missing,
-    unreadable, of a newer format version, or refers to model files that are not there.
+    Raises :class:`EdgesegError` (one line, naming the manifest and the field) when the
+    manifest is missing, unreadable, of an unsupported format version, has a field of the
+    wrong type, length or range (see :mod:`edge_seg.bundle_checks`), or refers to model files
+    outside the bundle folder or not there.
     """
     folder = require_folder(folder, "model bundle folder")
     manifest = folder / MANIFEST_NAME
     if not manifest.is_file():
         raise EdgesegError(f"{folder}: not a model bundle ({MANIFEST_NAME} is missing)")
     try:
-        data = json.loads(manifest.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        text = manifest.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
         raise EdgesegError(f"{manifest}: unreadable bundle manifest ({exc})") from exc
-    version = data.get("format_version")
-    if not isinstance(version, int):
-        raise EdgesegError(f"{manifest}: format_version missing or not an integer")
-    if version > FORMAT_VERSION:
-        raise EdgesegError(
-            f"{manifest}: bundle format version {version} is newer than this edgeseg supports "
-            f"({FORMAT_VERSION}); upgrade edgeseg"
-        )
+    data = parse_manifest(text, str(manifest))
+    fields = check_manifest(data, str(manifest), FORMAT_VERSION, {"io_names": DEFAULT_IO_NAMES})
     known = set(Bundle.__dataclass_fields__) - {"root"}
     try:
-        bundle = Bundle(**{k: v for k, v in data.items() if k in known})
+        bundle = Bundle(**{k: v for k, v in fields.items() if k in known})
     except TypeError as exc:
         raise EdgesegError(f"{manifest}: incomplete bundle manifest ({exc})") from exc
     bundle.root = folder
-    if "fp32" not in bundle.files:
-        raise EdgesegError(f"{manifest}: bundle lists no fp32 model file")
+    _check_model_files(bundle, folder)
+    return bundle
+
+
+def _check_model_files(bundle: Bundle, folder: Path) -> None:
+    """Every listed model file (and an IR's weights) must be a file in the bundle."""
     for precision, rel in bundle.files.items():
         path = folder / rel
         if not path.is_file():
             raise EdgesegError(f"{path}: model file for '{precision}' is missing from the bundle")
         if path.suffix == ".xml" and not path.with_suffix(".bin").is_file():
             raise EdgesegError(f"{path.with_suffix('.bin')}: OpenVINO weights file is missing")
-    return bundle

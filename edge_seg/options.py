@@ -6,7 +6,13 @@ OpenVINO) are imported; see :mod:`edge_seg.launch`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from edge_seg.errors import EdgesegError
+
+#: What ``--presence`` accepts.
+PRESENCE_MODES = ("prior", "auto")
 
 #: Organ components below this volume (ml) are removed from a label map by default. The
 #: smallest organs of the FLARE set are several ml when present (an adrenal gland 4-6 ml, the
@@ -64,3 +70,25 @@ class PredictOptions:
     present_organs: tuple[str | int, ...] = ()
     openvino_precision_hint: str | None = None
     streams: int | None = None
+
+    def check(self) -> None:
+        """Refuse option values that cannot mean anything, before any work is done.
+
+        Raises
+        ------
+        EdgesegError
+            One line naming the option, e.g. ``--min-component-ml: inf is not a volume >= 0``.
+        """
+        if not 0 < self.step <= 1:  # NaN fails too
+            raise EdgesegError(f"--step: {self.step} is not in (0, 1]")
+        if self.presence not in PRESENCE_MODES:
+            raise EdgesegError(
+                f"--presence: {self.presence!r} is not one of {', '.join(PRESENCE_MODES)}"
+            )
+        # Infinity is no volume: converting it to a voxel count overflows, and "remove every
+        # organ" is not a request anyone makes on purpose.
+        if not (self.min_component_ml >= 0 and math.isfinite(self.min_component_ml)):
+            raise EdgesegError(
+                f"--min-component-ml: {self.min_component_ml} is not a volume >= 0 "
+                "(a finite number of ml)"
+            )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_seg.backends.base import Session, open_session
+from edge_seg.backends.base import ModelChoice, Session, open_session, validated_choice
 from edge_seg.bundle import Bundle, load_bundle
 from edge_seg.crop import (
     TILE_CACHE_BYTES,
@@ -115,14 +115,7 @@ class Predictor:
             bundle_dir if bundle_dir is not None else default_bundle_dir()
         )
         self.crop = parse_crop(self.options.crop)
-        if not 0 < self.options.step <= 1:
-            raise EdgesegError(f"--step: {self.options.step} is not in (0, 1]")
-        if self.options.presence not in ("prior", "auto"):
-            raise EdgesegError(f"--presence: {self.options.presence!r} is not one of prior, auto")
-        if not self.options.min_component_ml >= 0:  # NaN fails too
-            raise EdgesegError(
-                f"--min-component-ml: {self.options.min_component_ml} is not a volume >= 0"
-            )
+        self.options.check()
         try:
             self.absent = resolve_organs(self.options.absent_organs, self.bundle.labels)
         except ValueError as exc:
@@ -147,6 +140,8 @@ class Predictor:
         if self.session.choice.precision == "bf16" and "bf" not in ran:
             # OpenVINO falls back silently on CPUs without AVX512-BF16/AMX; say so.
             self.notes.append("--precision bf16: this CPU has no bf16 support; ran float32")
+        self.notes += _unvalidated_notes(self.bundle, self.session.choice)
+        self.notes += _present_notes(self.bundle, self.present)
         self.organs = self.bundle.organs
         self.presence_names = list(
             self.bundle.presence_input or sorted(self.organs, key=self.organs.get)
@@ -187,6 +182,7 @@ class Predictor:
                     return
                 finally:
                     clock[0] += time.perf_counter() - start
+                self._check_logits(logits)
                 if presence_logits is not None:
                     for name, value in zip(
                         self.presence_names, presence_logits.tolist(), strict=False
@@ -196,6 +192,20 @@ class Predictor:
 
         return run_patches
 
+    def _check_logits(self, logits: np.ndarray) -> None:
+        """Each patch's logits must have one channel per label and the patch's shape.
+
+        The backend checked the graph's declared shapes, but dynamic ones are known only now;
+        a class count that differs from the labels would shift organs onto each other.
+        """
+        want = (len(self.bundle.labels), *self.bundle.patch_size)
+        if logits.shape != want:
+            raise EdgesegError(
+                f"{self.session.choice.path}: the model returned logits of shape "
+                f"{'x'.join(map(str, logits.shape))}, the bundle's edgeseg.json implies "
+                f"{'x'.join(map(str, want))} (labels x patch_size)"
+            )
+
     # -- main entry -------------------------------------------------------------------------
 
     def predict(self, volume: Volume) -> Prediction:
@@ -204,6 +214,12 @@ class Predictor:
         bundle, options = self.bundle, self.options
         timings: dict[str, float] = {}
         notes: list[str] = list(self.notes)
+        constant = single_intensity(volume.array)
+        if constant is not None:
+            notes.append(
+                f"{volume.path or 'volume'}: every voxel has the intensity {constant:g}; "
+                "there is no contrast to segment, so any organ in the label map is not real"
+            )
         scan = volume
         z_keep = slice(0, volume.shape[0])
         if self.crop.mode == "middle":
@@ -353,6 +369,58 @@ class Predictor:
                 f"{where}: segmenting needs about {need / 2**30:.1f} GiB more memory, "
                 f"only {have / 2**30:.1f} GiB is available"
             )
+
+
+def single_intensity(array: np.ndarray, slab_voxels: int = 1 << 20) -> float | None:
+    """The one value every voxel of ``array`` has, or None when it has two or more.
+
+    Looks a slab of slices at a time: a real scan differs from its first voxel within the
+    first slab, so the check costs a full pass only for a blank (all 0, all -1024) volume.
+    """
+    if array.size == 0:
+        return None
+    first = array.flat[0]
+    # Slices of the first axis are views whatever the array's memory layout (a reshape of a
+    # transposed array would copy all of it).
+    rows = max(1, slab_voxels // max(1, int(np.prod(array.shape[1:]))))
+    for start in range(0, array.shape[0], rows):
+        if (array[start : start + rows] != first).any():
+            return None
+    return float(first)
+
+
+def _unvalidated_notes(bundle: Bundle, choice: ModelChoice) -> list[str]:
+    """Say when ``--precision int8`` runs a model the fidelity report did not validate.
+
+    It still runs (export and benchmarks time such candidates on purpose), but a user who asks
+    for INT8 on a bundle whose report did not pass it must hear that the labels may differ.
+    """
+    if validated_choice(bundle, choice):
+        return []
+    validated = ", ".join(bundle.validated_precisions) or "fp32"
+    return [
+        f"--precision {choice.precision}: this bundle's {choice.file_key} model was not "
+        f"validated on held-out images (validated: {validated}); its labels may differ "
+        "from fp32's"
+    ]
+
+
+def _present_notes(bundle: Bundle, present: list[str]) -> list[str]:
+    """Say when ``--present`` organs have nowhere to go: only a presence input takes them."""
+    if not present:
+        return []
+    if not bundle.presence_input:
+        return [
+            f"--present {', '.join(present)}: this model has no presence input, so --present "
+            "changes nothing (every organ is segmented where the model finds it)"
+        ]
+    outside = [name for name in present if name not in bundle.presence_input]
+    if not outside:
+        return []
+    return [
+        f"--present {', '.join(outside)}: the model's presence input covers only "
+        f"{', '.join(bundle.presence_input)}; ignored for {', '.join(outside)}"
+    ]
 
 
 def _sigmoid(value: float) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -588,6 +589,77 @@ def test_bad_options_and_bundles_are_one_line_errors(plain_bundle: Path, tmp_pat
     (broken / "model.onnx").unlink()
     with pytest.raises(EdgesegError, match="model file for 'fp32' is missing"):
         Predictor(broken)
+
+
+def test_min_component_volume_must_be_finite(plain_bundle: Path) -> None:
+    # inf overflowed converting to voxels (a traceback); NaN and negatives stay refused.
+    for value in (float("inf"), float("nan"), -1.0):
+        with pytest.raises(EdgesegError, match=r"--min-component-ml: .* is not a volume >= 0"):
+            Predictor(plain_bundle, PredictOptions(min_component_ml=value))
+    PredictOptions(min_component_ml=0.0).check()
+
+
+def _validated_only(bundle_dir: Path, folder: Path, precisions: list[str]) -> Path:
+    shutil.copytree(bundle_dir, folder)
+    manifest = json.loads((folder / "edgeseg.json").read_text())
+    manifest["validated_precisions"] = precisions
+    (folder / "edgeseg.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def test_unvalidated_int8_request_runs_with_a_note(plain_bundle: Path, tmp_path: Path, phantom):
+    volume, _ = phantom
+    unvalidated = _validated_only(plain_bundle, tmp_path / "fp32_only", ["fp32"])
+    for backend, key in (("openvino", "int8_openvino"), ("onnxruntime", "int8_onnx")):
+        options = PredictOptions(backend=backend, precision="int8", crop="none")
+        prediction = Predictor(unvalidated, options).predict(volume)
+        assert prediction.precision == "int8"
+        assert any(
+            f"--precision int8: this bundle's {key} model was not validated" in note
+            for note in prediction.notes
+        ), prediction.notes
+        # Validated INT8, or auto (which only picks validated models): nothing to say.
+        for bundle, precision in ((plain_bundle, "int8"), (unvalidated, "auto")):
+            options = PredictOptions(backend=backend, precision=precision, crop="none")
+            assert not Predictor(bundle, options).notes
+
+
+def test_present_organs_the_model_cannot_take_are_noted(
+    plain_bundle: Path, tmp_path: Path
+) -> None:
+    plain = Predictor(plain_bundle, PredictOptions(present_organs=("liver",)))
+    assert plain.notes == [
+        "--present liver: this model has no presence input, so --present changes nothing "
+        "(every organ is segmented where the model finds it)"
+    ]
+    partial = make_bundle(tmp_path / "partial", presence_input=["spleen"])
+    covered = Predictor(partial, PredictOptions(present_organs=("liver", "spleen")))
+    assert covered.notes == [
+        "--present liver: the model's presence input covers only spleen; ignored for liver"
+    ]
+    np.testing.assert_array_equal(covered._prior(), [[1.0]])
+    assert not Predictor(partial, PredictOptions(present_organs=("spleen",))).notes
+
+
+@pytest.mark.parametrize("value", [0, -1024])
+def test_a_scan_of_one_intensity_is_segmented_with_a_note(plain_bundle: Path, value: int) -> None:
+    volume = Volume(np.full((24, 40, 44), value, np.int16), SPACING, path=Path("blank.nii.gz"))
+    prediction = Predictor(plain_bundle, PredictOptions(precision="fp32")).predict(volume)
+    assert prediction.labels.shape == volume.shape
+    assert (
+        f"blank.nii.gz: every voxel has the intensity {value}; there is no contrast to "
+        "segment, so any organ in the label map is not real"
+    ) in prediction.notes
+
+
+def test_single_intensity_looks_at_every_slab() -> None:
+    from edge_seg.predict import single_intensity
+
+    blank = np.full((30, 8, 8), -1024, np.int16)
+    assert single_intensity(blank, slab_voxels=64) == -1024.0
+    blank[29, 7, 7] = -1000  # the one different voxel is in the last slab
+    assert single_intensity(blank, slab_voxels=64) is None
+    assert single_intensity(np.zeros((0, 4, 4))) is None
 
 
 def test_openvino_compiled_models_are_cached_where_asked(

@@ -86,6 +86,13 @@ class Session(Protocol):
         ...
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-blank line of an engine's exception message, cut to ``limit`` characters
+    (engines put whole stack dumps into their messages; the CLI prints one line)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0][:limit] if lines else type(exc).__name__
+
+
 def _validated(bundle: Bundle, backend: str, precision: str) -> bool:
     names = set(bundle.validated_precisions) | {"fp32"}
     if precision == "int8":
@@ -94,6 +101,17 @@ def _validated(bundle: Bundle, backend: str, precision: str) -> bool:
             bundle, f"int8_{suffix}"
         )
     return precision in names
+
+
+def validated_choice(bundle: Bundle, choice: ModelChoice) -> bool:
+    """Whether the bundle's fidelity report validated the model ``choice`` runs.
+
+    fp32 always counts as validated (it is the reference); bf16 runs the fp32 file.
+    """
+    names = set(bundle.validated_precisions) | {"fp32"}
+    if choice.precision == "int8":
+        return "int8" in names or choice.file_key in names
+    return choice.precision in names or choice.precision == "bf16"
 
 
 def _int8_measured_slower(bundle: Bundle, key: str) -> bool:

@@ -6,8 +6,9 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from edge_seg.backends.base import ModelChoice
-from edge_seg.bundle import Bundle
+from edge_seg.backends.base import ModelChoice, first_line
+from edge_seg.backends.ports import Port, Shape, check_ports
+from edge_seg.bundle import DEFAULT_IO_NAMES, Bundle
 from edge_seg.errors import EdgesegError
 
 
@@ -18,12 +19,14 @@ class OnnxRuntimeSession:
         import onnxruntime as ort
 
         self.choice = choice
-        self.names = bundle.io_names
+        self.names = {**DEFAULT_IO_NAMES, **bundle.io_names}
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
-        options.log_severity_level = 3
+        # Fatal only: ORT logs each error to stderr before raising it, and edgeseg reports
+        # the raised error itself, as one line.
+        options.log_severity_level = 4
         # ORT's worker threads spin-wait after each run by default. Between patches the
         # sliding window's NumPy work needs those cores, and so does an OpenVINO session in
         # the same process: on 2 cores, OpenVINO patches timed right after ORT ones ran about
@@ -37,11 +40,15 @@ class OnnxRuntimeSession:
             raise EdgesegError(
                 f"{choice.path}: ONNX Runtime cannot load the model ({exc})"
             ) from exc
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        self.has_presence_output = self.names["presence_logits"] in self.output_names
-        self.has_presence_input = self.names["presence"] in {
-            i.name for i in self.session.get_inputs()
-        }
+        check_ports(
+            bundle,
+            choice.path,
+            [_port(i) for i in self.session.get_inputs()],
+            [_port(o) for o in self.session.get_outputs()],
+        )
+        # check_ports made sure the graph has what the manifest declares.
+        self.has_presence_output = bundle.presence_output
+        self.has_presence_input = bool(bundle.presence_input)
         self.inference_precision = "f32" if choice.precision == "fp32" else choice.precision
 
     def run(
@@ -55,7 +62,18 @@ class OnnxRuntimeSession:
         wanted = [self.names["logits"]]
         if self.has_presence_output:
             wanted.append(self.names["presence_logits"])
-        outputs = self.session.run(wanted, feed)
+        try:
+            outputs = self.session.run(wanted, feed)
+        except MemoryError:
+            raise
+        except Exception as exc:  # ORT's own exception types derive from Exception only
+            # With dynamic spatial axes the first patch is where a patch_size the network
+            # cannot take (not divisible by its strides) shows: say so in one line.
+            raise EdgesegError(
+                f"{self.choice.path}: ONNX Runtime cannot run the model on a "
+                f"{'x'.join(map(str, image.shape))} patch ({first_line(exc)}); check "
+                "patch_size in the bundle's edgeseg.json"
+            ) from exc
         presence_logits = outputs[1].reshape(-1) if self.has_presence_output else None
         return outputs[0][0], presence_logits
 
@@ -69,3 +87,11 @@ class OnnxRuntimeSession:
         result is a new array, whatever ``copy`` says."""
         for image in images:
             yield self.run(image, presence)
+
+
+def _port(arg) -> Port:
+    """An ORT ``NodeArg`` as a :class:`Port` (symbolic dimensions are dynamic)."""
+    shape: Shape = None
+    if isinstance(arg.shape, list):
+        shape = tuple(d if isinstance(d, int) and d > 0 else None for d in arg.shape)
+    return Port(frozenset({arg.name}), shape)

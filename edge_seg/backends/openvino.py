@@ -35,7 +35,8 @@ from types import ModuleType
 import numpy as np
 
 from edge_seg.backends.base import ModelChoice
-from edge_seg.bundle import Bundle
+from edge_seg.backends.ports import Port, Shape, check_ports
+from edge_seg.bundle import DEFAULT_IO_NAMES, Bundle
 from edge_seg.errors import EdgesegError
 
 _HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
@@ -92,7 +93,7 @@ class OpenVinoSession:
         ``streams``: patches in flight at once (None: :func:`default_streams`)."""
         ov = import_openvino()
         self.choice = choice
-        self.names = bundle.io_names
+        self.names = {**DEFAULT_IO_NAMES, **bundle.io_names}
         core = ov.Core()
         cache = model_cache_dir()
         if cache is not None:
@@ -112,9 +113,16 @@ class OpenVinoSession:
             config["INFERENCE_PRECISION_HINT"] = hint
         try:
             model = core.read_model(str(choice.path))
-            static = _static_shapes(model, bundle)
-            if static:
-                model.reshape(static)
+        except RuntimeError as exc:
+            raise EdgesegError(
+                f"{choice.path}: OpenVINO cannot load the model ({_short(exc)})"
+            ) from exc
+        # Before the reshape, which would hide a static patch shape that disagrees.
+        check_ports(bundle, choice.path, _ports(model.inputs), _ports(model.outputs))
+        static = _static_shapes(model, bundle)
+        if static:
+            _reshape(model, static, choice.path)
+        try:
             self.compiled = core.compile_model(model, "CPU", config)
         except RuntimeError as exc:
             raise EdgesegError(
@@ -122,10 +130,9 @@ class OpenVinoSession:
             ) from exc
         self.requests = [self.compiled.create_infer_request() for _ in range(self.streams)]
         self.request = self.requests[0]
-        outputs = {name for out in self.compiled.outputs for name in out.get_names()}
-        self.has_presence_output = self.names["presence_logits"] in outputs
-        inputs = {name for inp in self.compiled.inputs for name in inp.get_names()}
-        self.has_presence_input = self.names["presence"] in inputs
+        # check_ports made sure the graph has what the manifest declares.
+        self.has_presence_output = bundle.presence_output
+        self.has_presence_input = bool(bundle.presence_input)
         self.inference_precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
 
     def run(
@@ -221,15 +228,41 @@ def model_cache_dir() -> Path | None:
 
 def _static_shapes(model, bundle: Bundle) -> dict[str, list[int]]:
     """Static shapes for the inputs that have dynamic dimensions: one patch, batch 1."""
-    wanted = {bundle.io_names["image"]: [1, len(bundle.channels), *bundle.patch_size]}
+    io = {**DEFAULT_IO_NAMES, **bundle.io_names}
+    wanted = {io["image"]: [1, len(bundle.channels), *bundle.patch_size]}
     if bundle.presence_input:
-        wanted[bundle.io_names["presence"]] = [1, len(bundle.presence_input)]
+        wanted[io["presence"]] = [1, len(bundle.presence_input)]
     shapes = {}
     for port in model.inputs:
         name = next((n for n in port.get_names() if n in wanted), None)
         if name is not None and port.get_partial_shape().is_dynamic:
             shapes[name] = wanted[name]
     return shapes
+
+
+def _reshape(model, shapes: dict[str, list[int]], path: Path) -> None:
+    """Fix the model's dynamic inputs to one patch; a network whose strides do not divide
+    ``patch_size`` fails here (the ONNX Runtime backend finds out at its first patch)."""
+    try:
+        model.reshape(shapes)
+    except RuntimeError as exc:
+        wanted = "; ".join(f"{name} {'x'.join(map(str, s))}" for name, s in shapes.items())
+        raise EdgesegError(
+            f"{path}: OpenVINO cannot reshape the model to {wanted} ({_short(exc)}); check "
+            "patch_size in the bundle's edgeseg.json"
+        ) from exc
+
+
+def _ports(ports) -> list[Port]:
+    """OpenVINO graph ports as :class:`Port` lists (dynamic and bounded dimensions: None)."""
+    found = []
+    for port in ports:
+        partial = port.get_partial_shape()
+        shape: Shape = None
+        if partial.rank.is_static:
+            shape = tuple(d.get_length() if d.is_static else None for d in partial)
+        found.append(Port(frozenset(port.get_names()), shape))
+    return found
 
 
 def _short(exc: BaseException) -> str:
