@@ -2,13 +2,17 @@
 
 Outputs are written atomically, so a case whose output exists is complete and is skipped on the
 next run; an interrupted run leaves no half-written file. Failures are collected and reported at
-the end (the command then exits non-zero).
+the end (the command then exits non-zero). SIGINT and SIGTERM stop the batch promptly, worker
+processes included, with :class:`BatchInterrupted`.
 """
 
 from __future__ import annotations
 
+import glob
 import multiprocessing
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import (
@@ -18,6 +22,7 @@ from concurrent.futures import (
     as_completed,
     wait,
 )
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,6 +34,7 @@ from edge_seg.io import (
     Volume,
     _dicom_series_files,
     is_volume_file,
+    looks_like_dicom,
     read_volume,
     strip_volume_suffix,
     write_label_map,
@@ -50,6 +56,7 @@ class CaseResult:
     status: str  # "done" | "skipped" | "failed"
     message: str = ""
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # how the scan was read (Volume.notes)
 
 
 @dataclass
@@ -70,19 +77,75 @@ def case_name(scan: Path) -> str:
     return name[: -len(_CHANNEL_SUFFIX)] if name.endswith(_CHANNEL_SUFFIX) else name
 
 
-def find_scans(folder: Path) -> list[Path]:
-    """Scans in a batch folder: image files, else sub-folders holding a DICOM series.
+class BatchInterrupted(EdgesegError):
+    """SIGINT or SIGTERM stopped the batch; ``exit_code`` is the shell's 128 + signal number.
+
+    Finished cases are complete on disk (written atomically), so running the batch again
+    resumes where it stopped.
+    """
+
+    def __init__(self, signal_number: int, finished: int, failed: int, total: int) -> None:
+        self.exit_code = 128 + signal_number
+        failed_text = f" ({failed} failed)" if failed else ""
+        super().__init__(
+            f"interrupted; {finished} of {total} cases finished{failed_text}, the rest stopped or "
+            "not started; run again to resume"
+        )
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread as SIGINT raises KeyboardInterrupt, so that one path
+    (which no ``except Exception`` swallows) stops the batch for both."""
+
+
+@dataclass
+class FolderScans:
+    """What a batch folder holds.
+
+    Attributes
+    ----------
+    scans : list of Path
+        Image files and sub-folders holding DICOM files, in name order.
+    ignored : list of Path
+        Sub-folders without any DICOM file (nor a series ITK can read), not segmented.
+    """
+
+    scans: list[Path]
+    ignored: list[Path]
+
+
+def _holds_dicom(folder: Path) -> bool:
+    """Whether ``folder`` holds DICOM files: ``*.dcm`` or preamble first (cheap), else a series
+    GDCM finds (files without either, as some scanners write them)."""
+    try:
+        if any(looks_like_dicom(p) for p in folder.iterdir()):
+            return True
+    except OSError:
+        return False
+    return bool(_dicom_series_files(folder))
+
+
+def survey_folder(folder: Path) -> FolderScans:
+    """Scans in a batch folder: image files and sub-folders holding a DICOM series, both.
 
     Files named ``*_seg.*`` are label maps written by ``edgeseg predict`` and are not scans.
+    A sub-folder whose DICOM files cannot be read is still a case, so that it is reported as
+    failed rather than silently left out; hidden sub-folders (``.git``) are passed over.
     """
-    files = sorted(
-        p
-        for p in folder.iterdir()
-        if is_volume_file(p) and not strip_volume_suffix(p.name).endswith("_seg")
-    )
-    if files:
-        return files
-    return sorted(p for p in folder.iterdir() if p.is_dir() and _dicom_series_files(p))
+    files, series, ignored = [], [], []
+    for entry in sorted(folder.iterdir()):
+        if entry.is_dir():
+            if entry.name.startswith("."):
+                continue
+            (series if _holds_dicom(entry) else ignored).append(entry)
+        elif is_volume_file(entry) and not strip_volume_suffix(entry.name).endswith("_seg"):
+            files.append(entry)
+    return FolderScans(sorted(files + series), ignored)
+
+
+def find_scans(folder: Path) -> list[Path]:
+    """The scans of a batch folder (see :func:`survey_folder`)."""
+    return survey_folder(folder).scans
 
 
 def is_batch_folder(folder: Path) -> bool:
@@ -91,7 +154,10 @@ def is_batch_folder(folder: Path) -> bool:
         return False
     if any(is_volume_file(p) for p in folder.iterdir()):
         return True
-    return not _dicom_series_files(folder) and bool(find_scans(folder))
+    if _dicom_series_files(folder):
+        return False
+    return any(p.is_dir() and not p.name.startswith(".") and _holds_dicom(p)
+               for p in folder.iterdir())
 
 
 def output_path(out_dir: Path, scan: Path) -> Path:
@@ -120,10 +186,23 @@ def _name_clashes(scans: list[Path]) -> dict[Path, str]:
     return clashes
 
 
-def _remove_stale_temporaries(out_dir: Path, name: str) -> None:
-    # Left by a run killed mid-write (atomic_path names them ".<case>.<random>.tmp.nii.gz").
-    for stale in out_dir.glob(f".{name}.*.tmp.nii.gz"):
+def _remove_temporaries(target: Path) -> None:
+    """Remove the temporary files an atomic write of ``target`` left behind.
+
+    A run killed mid-write leaves them: atomic_path names them ``.<stem>.<random>.tmp<suffixes>``
+    (``.case.x1y2.tmp.nii.gz``), with the stem cut at the first dot.
+    """
+    prefix = glob.escape(f".{target.name.split('.')[0]}.")
+    suffix = glob.escape(".tmp" + "".join(target.suffixes))
+    for stale in target.parent.glob(f"{prefix}*{suffix}"):
         stale.unlink(missing_ok=True)
+
+
+def _remove_case_temporaries(target: Path, preview_dir: Path | None) -> None:
+    """Remove a case's leftover temporaries: its label map's and its preview's."""
+    _remove_temporaries(target)
+    if preview_dir is not None and preview_dir.is_dir():
+        _remove_temporaries(preview_dir / f"{strip_volume_suffix(target.name)}.png")
 
 
 _WORKER: Predictor | None = None
@@ -172,7 +251,7 @@ def _run_case(scan: str, target: str, preview_dir: str | None) -> CaseResult:
         _write_outputs(prediction.labels, volume, target, preview_dir, _WORKER.bundle.modality)
     except Exception as exc:
         return CaseResult(name, "failed", _failure(scan, exc), time.perf_counter() - start)
-    return CaseResult(name, "done", "", time.perf_counter() - start)
+    return CaseResult(name, "done", "", time.perf_counter() - start, volume.notes)
 
 
 @dataclass
@@ -183,13 +262,14 @@ class _Writing:
     scan: str
     seconds: float  # read + segment
     job: Future[float]
+    notes: list[str]
 
     def finish(self) -> CaseResult:
         try:
             seconds = self.seconds + self.job.result()
         except Exception as exc:
             return CaseResult(self.name, "failed", _failure(self.scan, exc), self.seconds)
-        return CaseResult(self.name, "done", "", seconds)
+        return CaseResult(self.name, "done", "", seconds, self.notes)
 
 
 def _wait_for(writing: _Writing | None) -> None:
@@ -255,10 +335,134 @@ def _run_pipelined(
             job = writer.submit(
                 _write_outputs, prediction.labels, volume, str(target), preview_dir, modality
             )
-            writing = _Writing(name, str(scan), time.perf_counter() - start, job)
+            writing = _Writing(name, str(scan), time.perf_counter() - start, job, volume.notes)
             del volume, prediction
         if writing is not None:
             yield writing.finish()
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into :class:`_Terminated` while the batch runs, then restore the handler.
+
+    Python's default for SIGTERM is to die on the spot: worker processes would be orphaned
+    and go on writing cases. Only the main thread can install handlers; elsewhere (a batch
+    run from a thread) SIGTERM keeps its handler.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(signal_number: int, frame: object) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+@contextmanager
+def _signals_ignored(*signals: signal.Signals) -> Iterator[None]:
+    """Ignore ``signals`` for a moment (main thread only), then restore their handlers.
+
+    SIGINT is ignored while worker processes are started, which inherit the ignored SIGINT
+    (Python keeps an ignored SIGINT ignored at start-up): Ctrl-C reaches the whole process
+    group, and the parent alone must decide, stop the workers and report, instead of each
+    worker dying with a traceback of its own. SIGTERM stays as it is there, so that the
+    workers can be terminated. Both are ignored while an interrupted batch cleans up, so that
+    a second Ctrl-C cannot cut the cleanup short.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def _stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Cancel the cases not started and terminate the worker processes, waiting for them.
+
+    ``ProcessPoolExecutor.shutdown`` would let the running cases finish (and, on SIGINT, the
+    queued ones too); before Python 3.14's ``terminate_workers`` the processes are reachable
+    only through the executor's ``_processes``.
+    """
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    manager = getattr(pool, "_executor_manager_thread", None)
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=30)
+        if process.is_alive():  # stuck in native code that ignores SIGTERM
+            process.kill()
+            process.join()
+    if manager is not None:
+        # It sees the workers gone, closes the queues and ends. Its queues hold semaphores:
+        # still alive when this process exits, they make multiprocessing's resource tracker
+        # print a multi-line "leaked semaphore" warning after the one-line error.
+        manager.join(timeout=30)
+
+
+def _run_in_process(
+    todo: list[tuple[Path, Path]],
+    bundle: str | None,
+    options: PredictOptions,
+    preview: str | None,
+    record: Callable[[CaseResult], None],
+) -> None:
+    """Segment ``todo`` in this process, pipelined (see :func:`_run_pipelined`)."""
+    with ThreadPoolExecutor(1, thread_name_prefix="edgeseg-read") as first:
+        # The first scan is read while the model compiles.
+        first_read = first.submit(read_volume, str(todo[0][0]))
+        _init_worker(bundle, options)
+        pipeline = _run_pipelined(todo, first_read, preview)
+        del first_read
+        try:
+            for result in pipeline:
+                record(result)
+        finally:
+            # On an interrupt between two results the generator is suspended: closing it
+            # now waits for its reading and writing threads, before temporaries are removed.
+            pipeline.close()
+
+
+def _run_in_pool(
+    todo: list[tuple[Path, Path]],
+    bundle: str | None,
+    options: PredictOptions,
+    preview: str | None,
+    record: Callable[[CaseResult], None],
+    workers: int,
+) -> None:
+    """Segment ``todo`` in ``workers`` processes; an interrupt terminates them at once."""
+    # Built here even for a pool: a bad bundle or option fails once, before any case runs.
+    _init_worker(bundle, options)
+    if options.threads is None:
+        options = replace(options, threads=max(1, (os.cpu_count() or 1) // workers))
+    global _WORKER
+    _WORKER = None
+    # "spawn": forking a process that holds a compiled OpenVINO model can deadlock.
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_init_worker, initargs=(bundle, options)
+    )
+    try:
+        with _signals_ignored(signal.SIGINT):  # the workers start on the first submissions
+            futures = [pool.submit(_run_case, str(s), str(t), preview) for s, t in todo]
+        for future in as_completed(futures):
+            record(future.result())
+    except BaseException:
+        with _signals_ignored(signal.SIGINT, signal.SIGTERM):
+            _stop_pool(pool)
+        raise
+    pool.shutdown(wait=True)
 
 
 def run_batch(
@@ -270,25 +474,32 @@ def run_batch(
     preview_dir: Path | None = None,
     on_result: Callable[[CaseResult], None] | None = None,
 ) -> BatchReport:
-    """Segment ``scans`` into ``out_dir`` (``<case>.nii.gz``), skipping finished cases."""
+    """Segment ``scans`` into ``out_dir`` (``<case>.nii.gz``), skipping finished cases.
+
+    Raises
+    ------
+    BatchInterrupted
+        On SIGINT or SIGTERM: pending cases are cancelled, worker processes terminated and
+        temporary files removed; the finished outputs stay, and a rerun resumes.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     report = BatchReport()
+
+    def record(result: CaseResult) -> None:
+        report.results.append(result)
+        if on_result:
+            on_result(result)
+
     todo: list[tuple[Path, Path]] = []
     clashes = _name_clashes(scans)
     for scan in scans:
         target = output_path(out_dir, scan)
         if scan in clashes:
-            result = CaseResult(case_name(scan), "failed", clashes[scan])
-            report.results.append(result)
-            if on_result:
-                on_result(result)
+            record(CaseResult(case_name(scan), "failed", clashes[scan]))
             continue
-        _remove_stale_temporaries(out_dir, case_name(scan))
+        _remove_case_temporaries(target, preview_dir)
         if target.exists():
-            result = CaseResult(case_name(scan), "skipped", "output exists")
-            report.results.append(result)
-            if on_result:
-                on_result(result)
+            record(CaseResult(case_name(scan), "skipped", "output exists"))
         else:
             todo.append((scan, target))
     if not todo:
@@ -296,33 +507,18 @@ def run_batch(
     bundle = str(bundle_dir) if bundle_dir is not None else None
     preview = str(preview_dir) if preview_dir else None
     workers = max(1, min(workers, len(todo)))
-    if workers == 1:
-        with ThreadPoolExecutor(1, thread_name_prefix="edgeseg-read") as first:
-            # The first scan is read while the model compiles.
-            first_read = first.submit(read_volume, str(todo[0][0]))
-            _init_worker(bundle, options)
-            pipeline = _run_pipelined(todo, first_read, preview)
-            del first_read
-            for result in pipeline:
-                report.results.append(result)
-                if on_result:
-                    on_result(result)
-        return report
-    # Built here even for a pool: a bad bundle or option fails once, before any case runs.
-    _init_worker(bundle, options)
-    if options.threads is None:
-        options = replace(options, threads=max(1, (os.cpu_count() or 1) // workers))
-    global _WORKER
-    _WORKER = None
-    # "spawn": forking a process that holds a compiled OpenVINO model can deadlock.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_init_worker, initargs=(bundle, options)
-    ) as pool:
-        futures = [pool.submit(_run_case, str(s), str(t), preview) for s, t in todo]
-        for future in as_completed(futures):
-            result = future.result()
-            report.results.append(result)
-            if on_result:
-                on_result(result)
+    try:
+        with _sigterm_as_interrupt():
+            if workers == 1:
+                _run_in_process(todo, bundle, options, preview, record)
+            else:
+                _run_in_pool(todo, bundle, options, preview, record, workers)
+    except KeyboardInterrupt as exc:
+        with _signals_ignored(signal.SIGINT, signal.SIGTERM):
+            for _, target in todo:
+                _remove_case_temporaries(target, preview_dir)
+        number = signal.SIGTERM if isinstance(exc, _Terminated) else signal.SIGINT
+        # Counted on disk: the pipelined path reports a written case only after the next one.
+        finished = report.count("skipped") + sum(target.exists() for _, target in todo)
+        raise BatchInterrupted(number, finished, report.count("failed"), len(scans)) from None
     return report

@@ -399,8 +399,8 @@ def run_benchmark(
     on_record
         Called after each case (progress display).
     """
-    if time_limit_s <= 0:
-        raise EdgesegError(f"--time-limit must be positive, got {time_limit_s:g}")
+    if not (math.isfinite(time_limit_s) and time_limit_s > 0):  # NaN would never stop a case
+        raise EdgesegError(f"--time-limit must be a positive number, got {time_limit_s:g}")
     if not cases:
         raise EdgesegError("no cases to benchmark")
     records: list[CaseRecord] = []

@@ -51,7 +51,7 @@ def test_bad_input_is_one_line_before_any_case_runs(tmp_path: Path) -> None:
     _assert_one_line_error(_edgeseg(str(tmp_path / "empty")), "no images found")
     cases = _cases_dir(tmp_path)
     _assert_one_line_error(_edgeseg(str(cases), "--time-limit", "0"),
-                           "--time-limit must be positive")
+                           "--time-limit must be a positive number")
     _assert_one_line_error(_edgeseg(str(cases), "--model", str(tmp_path)),
                            "not a model bundle (edgeseg.json is missing)")
     _assert_one_line_error(_edgeseg(str(cases), "--memory-limit", "lots"), "--memory-limit")

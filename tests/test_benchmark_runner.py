@@ -213,7 +213,7 @@ def test_bad_baseline_files(tmp_path: Path) -> None:
 
 
 def test_time_limit_and_empty_case_list_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(EdgesegError, match="--time-limit must be positive"):
+    with pytest.raises(EdgesegError, match="--time-limit must be a positive number"):
         run_benchmark(_cases("good"), [Config(BASE_CONFIG)], _command, tmp_path, time_limit_s=0)
     with pytest.raises(EdgesegError, match="no cases"):
         run_benchmark([], [Config(BASE_CONFIG)], _command, tmp_path, time_limit_s=5)

@@ -354,3 +354,68 @@ def test_available_memory_is_what_psutil_reports() -> None:
     ours, theirs = available_memory_bytes(), psutil.virtual_memory().available
     assert ours > 0
     assert abs(ours - theirs) <= 0.05 * theirs  # read a moment apart
+
+
+@pytest.mark.parametrize("name", ["seg.MHA", "seg.Nrrd", "seg.NII.GZ", "seg.NII"])
+@pytest.mark.parametrize("source", ["scan.nii.gz", "scan.mha"])
+def test_label_map_suffix_in_any_case_gives_one_readable_file(
+    tmp_path: Path, name: str, source: str
+) -> None:
+    # ITK picks writers by a case-sensitive match: x.MHA came out as an empty file beside a
+    # hidden .mhd + .zraw pair, and NIfTI refused upper-case names.
+    scan = read_volume(_write(tmp_path / source, np.zeros((4, 5, 6), np.int16)))
+    labels = np.zeros((4, 5, 6), np.uint8)
+    labels[1, 2, 3] = 7
+    out = write_label_map(labels, scan, tmp_path / "out" / name)
+    assert [p.name for p in out.parent.iterdir()] == [name]  # no temporary left
+    written = read_volume(out)
+    np.testing.assert_array_equal(written.array, labels)
+    assert written.spacing_mm == pytest.approx(scan.spacing_mm)
+    assert written.direction == pytest.approx(DIRECTION)
+
+
+@pytest.mark.parametrize(("name", "instead"), [("seg.mhd", ".mha"), ("seg.NHDR", ".nrrd")])
+def test_two_file_output_formats_are_refused(tmp_path: Path, name: str, instead: str) -> None:
+    from edge_seg.io import check_output_path
+
+    scan = Volume(np.zeros((3, 4, 5), np.int16), (1.0, 1.0, 1.0))
+    message = rf"{name}: \.\w+ keeps the voxels in a second file.*use \{instead} "
+    with pytest.raises(EdgesegError, match=message):
+        check_output_path(tmp_path / name)
+    with pytest.raises(EdgesegError, match=message):
+        write_label_map(np.zeros((3, 4, 5), np.uint8), scan, tmp_path / name)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["SCAN.MHA", "scan.NRRD", "Scan.NII", "SCAN.NII.GZ"])
+def test_scan_suffix_in_any_case_is_read(tmp_path: Path, name: str) -> None:
+    array = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    lower = _write(tmp_path / name.lower(), array)
+    volume = read_volume(lower.rename(tmp_path / name))
+    np.testing.assert_array_equal(volume.array, array)
+    assert volume.direction == pytest.approx(DIRECTION)
+    assert volume.name.lower() == "scan"
+
+
+def test_mixed_case_nifti_suffix_is_refused_without_itk_noise(tmp_path: Path, capfd) -> None:
+    # ITK's NIfTI library rejects ".Nii" with a raw stderr line per probe.
+    scan = _write(tmp_path / "scan.nii", np.ones((4, 5, 6), np.int16))
+    with pytest.raises(EdgesegError, match=r"Scan\.Nii: mixed-case NIfTI suffix \.Nii"):
+        read_volume(scan.rename(tmp_path / "Scan.Nii"))
+    volume = Volume(np.zeros((3, 4, 5), np.int16), (1.0, 1.0, 1.0))
+    with pytest.raises(EdgesegError, match=r"seg\.Nii\.gz: mixed-case NIfTI suffix"):
+        write_label_map(np.zeros((3, 4, 5), np.uint8), volume, tmp_path / "seg.Nii.gz")
+    assert capfd.readouterr().err == ""
+
+
+@pytest.mark.parametrize("matrix", ["0 0 0 0 0 0 0 0 0", "1 0 0 1 0 0 0 0 1"])
+def test_degenerate_direction_matrix_is_named(tmp_path: Path, matrix: str) -> None:
+    path = _write(tmp_path / "scan.mha", np.ones((20, 32, 32), np.int16))
+    data = path.read_bytes()
+    start = data.index(b"TransformMatrix = ")
+    end = data.index(b"\n", start)
+    bad = tmp_path / "bad.mha"
+    bad.write_bytes(data[:start] + f"TransformMatrix = {matrix}".encode() + data[end:])
+    with pytest.raises(EdgesegError, match=r"bad\.mha: the header's direction matrix is "
+                       r"degenerate \(.*not invertible\)"):
+        read_volume(bad)

@@ -157,3 +157,65 @@ def test_batch_preview_keeps_the_case_name(bundle: Path, tmp_path: Path) -> None
     assert result.returncode == 0, result.stderr
     assert [p.name for p in outputs.iterdir()] == ["case_0000.nii.gz"]
     assert [p.name for p in previews.iterdir()] == ["case_0000.png"]
+
+
+def test_output_format_is_checked_in_any_letter_case(bundle: Path, tmp_path: Path) -> None:
+    from edge_seg.io import read_volume
+
+    scan = write_scan(tmp_path / "scan.nii.gz")
+    out = tmp_path / "out"
+    # A two-file format is refused before anything else: the missing bundle is not reached.
+    for name, single in (("x.mhd", ".mha"), ("x.NHDR", ".nrrd")):
+        result = edgeseg(scan, "--model", tmp_path / "missing", "-o", out / name)
+        assert result.returncode == 2
+        assert result.stderr.startswith(f"edgeseg: error: {out / name}: ")
+        assert f"use {single} (the same format in one file)" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not out.exists()
+    result = edgeseg(scan, "--model", bundle, "-o", out / "x.MHA", "-q")
+    assert result.returncode == 0, result.stderr
+    assert [p.name for p in out.iterdir()] == ["x.MHA"]  # no hidden temporaries beside it
+    assert read_volume(out / "x.MHA").shape == read_volume(scan).shape
+
+
+def test_dicom_series_with_a_missing_slice_is_refused(bundle: Path, tmp_path: Path) -> None:
+    from test_io_dicom import write_dicom_series
+
+    folder = write_dicom_series(tmp_path / "ct", slices=30)
+    (folder / "s012.dcm").unlink()
+    result = edgeseg(folder, "--model", bundle)
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"edgeseg: error: {folder}: DICOM series has uneven slice positions (step 5 mm, but "
+        "10 mm between s011.dcm and s013.dcm, slices 12 and 13 of 29: a slice is missing?)\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct"]
+
+
+def test_dicom_folder_with_two_series_notes_the_one_used(bundle: Path, tmp_path: Path) -> None:
+    from test_io_dicom import SERIES_UID, write_dicom_series
+
+    folder = write_dicom_series(tmp_path / "ct", slices=20)
+    localiser = write_dicom_series(tmp_path / "localiser", slices=8, uid=SERIES_UID + ".9")
+    for path in localiser.iterdir():
+        path.rename(folder / f"loc_{path.name}")
+    result = edgeseg(folder, "--model", bundle, "-o", tmp_path / "seg.nii.gz")
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
+    assert notes == [
+        f"note: {folder}: holds 2 DICOM series; using the largest, {SERIES_UID} (20 files); "
+        f"skipped {SERIES_UID}.9 (8 files)"
+    ]
+
+
+def test_folder_of_unreadable_dicom_files_is_named(bundle: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "ct"
+    folder.mkdir()
+    (folder / "a.dcm").write_bytes(b"not DICOM at all")
+    result = edgeseg(folder, "--model", bundle)
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"edgeseg: error: {folder}: no readable DICOM series (none of 1 DICOM file(s) can be "
+        "read, e.g. a.dcm)\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct"]

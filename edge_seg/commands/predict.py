@@ -89,7 +89,7 @@ def predict(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors."),
 ) -> None:
     """Segment abdominal organs in a CT/MR scan with a model bundle, on the CPU."""
-    from edge_seg.batch import find_scans, is_batch_folder
+    from edge_seg.batch import is_batch_folder, survey_folder
     from edge_seg.options import PredictOptions
 
     options = PredictOptions(
@@ -107,15 +107,22 @@ def predict(
     )
     if not input_path.exists():
         raise EdgesegError(f"{input_path}: no such file or folder")
-    if input_path.is_dir() and not is_batch_folder(input_path):
+    batch = is_batch_folder(input_path)
+    if input_path.is_dir() and not batch:
         _check_dicom_folder(input_path)
-    if is_batch_folder(input_path):
+    if batch:
         target = out_dir or output
         if target is None:
             raise EdgesegError(f"{input_path}: a folder of scans needs an output folder (OUT_DIR)")
         if target.exists() and not target.is_dir():
             raise EdgesegError(f"{target}: output for a folder of scans must be a folder")
-        _run_batch(find_scans(input_path), target, model, options, workers, preview, quiet)
+        found = survey_folder(input_path)
+        if found.ignored and not quiet:
+            names = ", ".join(p.name for p in found.ignored)
+            typer.echo(
+                f"note: {input_path}: skipped sub-folders without DICOM files: {names}", err=True
+            )
+        _run_batch(found.scans, target, model, options, workers, preview, quiet)
         return
     if out_dir is not None and output is not None:
         raise EdgesegError("give the output either as -o or as a second argument, not both")
@@ -125,10 +132,14 @@ def predict(
 
 
 def _check_dicom_folder(folder: Path) -> None:
-    """A folder given as one scan must hold a DICOM series (it holds no image files)."""
-    from edge_seg.io import _dicom_series_files
+    """A folder given as one scan must hold a DICOM series (it holds no image files).
 
-    if not _dicom_series_files(folder):
+    A folder of DICOM files none of which can be read goes on to the reader, whose message
+    says so.
+    """
+    from edge_seg.io import _dicom_series_files, looks_like_dicom
+
+    if not _dicom_series_files(folder) and not any(looks_like_dicom(p) for p in folder.iterdir()):
         raise EdgesegError(
             f"{folder}: folder holds no scans (no NIfTI, MHA/MHD or NRRD files, no DICOM "
             "series, no sub-folders with one)"
@@ -161,7 +172,7 @@ def _run_single(
 
         save_preview(volume, prediction.labels, preview, predictor.bundle.modality)
     if not quiet:
-        for note in prediction.notes:
+        for note in [*volume.notes, *prediction.notes]:  # how it was read, then segmented
             typer.echo(f"note: {note}", err=True)
         what = f"{prediction.backend} {prediction.precision}"
         seconds = time.perf_counter() - started
@@ -203,6 +214,10 @@ def _run_batch(
         task = progress.add_task("segmenting", total=len(scans))
 
         def advance(result) -> None:
+            for note in [] if quiet else result.notes:
+                progress.console.print(
+                    f"note: {escape(note)}", highlight=False, markup=True, soft_wrap=True
+                )
             if result.status == "failed":
                 progress.console.print(
                     f"[red]failed[/red] {escape(result.message)}",
