@@ -29,12 +29,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edge_seg.dicom import _dicom_series_files, looks_like_dicom
 from edge_seg.errors import EdgesegError, NotEnoughMemoryError
 from edge_seg.io import (
     Volume,
-    _dicom_series_files,
     is_volume_file,
-    looks_like_dicom,
     read_volume,
     strip_volume_suffix,
     write_label_map,

@@ -43,3 +43,15 @@ def require_folder(path: str | os.PathLike[str], what: str) -> Path:
     if path.exists():
         raise EdgesegError(f"{path}: {what} expected, but this is a file")
     raise EdgesegError(f"{path}: {what} does not exist")
+
+
+def _first_line(exc: BaseException) -> str:
+    """The useful line of an exception's message, for a one-line :class:`EdgesegError`.
+
+    Shared by the readers and writers of :mod:`edge_seg.io`, :mod:`edge_seg.dicom` and the
+    format modules beside them, which turn ITK's multi-line errors into one line.
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    # SimpleITK puts the useful sentence last, after file/line noise.
+    line = lines[-1] if lines else type(exc).__name__
+    return line.replace("sitk::ERROR: ", "")

@@ -216,7 +216,8 @@ def _assert_reads_as_itk_does(path: Path) -> None:
     "dtype", ["uint8", "int8", "int16", "uint16", "int32", "float32", "float64"]
 )
 def test_fast_nifti_gz_reader_gives_itks_voxels_and_geometry(tmp_path: Path, dtype: str) -> None:
-    from edge_seg.io import _file_reader, read_nifti_gz_voxels
+    from edge_seg.io import _file_reader
+    from edge_seg.nifti import read_nifti_gz_voxels
 
     rng = np.random.default_rng(0)
     array = (rng.normal(size=(7, 9, 11)) * 50).astype(dtype)
@@ -230,7 +231,8 @@ def test_fast_nifti_gz_reader_handles_big_endian_and_leaves_scaling_to_itk(
 ) -> None:
     import nibabel as nib
 
-    from edge_seg.io import _file_reader, read_nifti_gz_voxels
+    from edge_seg.io import _file_reader
+    from edge_seg.nifti import read_nifti_gz_voxels
 
     array_xyz = np.arange(5 * 6 * 7, dtype=np.int16).reshape(5, 6, 7)
     affine = np.diag([0.8, 0.7, 2.5, 1.0])
@@ -329,8 +331,9 @@ def test_fast_reader_reads_many_gzip_members_and_small_pieces(
     import gzip
 
     import edge_seg.io as io
+    import edge_seg.nifti as nifti
 
-    monkeypatch.setattr(io, "_INFLATE_CHUNK", chunk)
+    monkeypatch.setattr(nifti, "_INFLATE_CHUNK", chunk)
     rng = np.random.default_rng(3)
     array = rng.integers(-1000, 1000, (9, 20, 24), np.int16)
     single = _write(tmp_path / "one.nii", array)
@@ -338,7 +341,7 @@ def test_fast_reader_reads_many_gzip_members_and_small_pieces(
     members = b"".join(gzip.compress(raw[i : i + 700]) for i in range(0, len(raw), 700))
     many = tmp_path / "many.nii.gz"
     many.write_bytes(members + b"\0" * 64)
-    assert io.read_nifti_gz_voxels(many, io._file_reader(many)) is not None
+    assert nifti.read_nifti_gz_voxels(many, io._file_reader(many)) is not None
     np.testing.assert_array_equal(read_volume(many).array, array)
     cut = tmp_path / "cut.nii.gz"
     cut.write_bytes(members[: len(members) - 40])  # the last member loses its end

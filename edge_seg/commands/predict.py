@@ -137,7 +137,7 @@ def _check_dicom_folder(folder: Path) -> None:
     A folder of DICOM files none of which can be read goes on to the reader, whose message
     says so.
     """
-    from edge_seg.io import _dicom_series_files, looks_like_dicom
+    from edge_seg.dicom import _dicom_series_files, looks_like_dicom
 
     if not _dicom_series_files(folder) and not any(looks_like_dicom(p) for p in folder.iterdir()):
         raise EdgesegError(
