@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers_bundle import make_bundle, make_phantom
+from test_predict_cli import edgeseg
 
 from edge_seg.bundle import load_bundle
 from edge_seg.errors import EdgesegError
@@ -160,13 +160,6 @@ def test_shipped_and_helper_bundles_pass_the_checks(tmp_path: Path) -> None:
 # -- the command line ------------------------------------------------------------------------
 
 
-def edgeseg(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "edge_seg", "predict", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def test_cli_refuses_damaged_copies_of_the_shipped_bundle(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from test_evaluator_cli import _labels, _run, _write
+from test_evaluator_input_checks import _one_line_error
 
 from evaluator.errors import EvaluationError
 from evaluator.protocols import get_protocol
@@ -26,14 +27,6 @@ def regressed(tmp_path: Path, capsys) -> tuple[Path, Path, Path]:
     assert code == 0, err
     _write(pred / "case_a.nii.gz", _labels(shift=3))
     return pred, gt, tmp_path / "base" / "summary.json"
-
-
-def _one_line_error(code: int, err: str, *needles: str) -> None:
-    assert code == 2, err
-    assert err.startswith("edgeseg: error:") and err.count("\n") == 1, err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in err, err
 
 
 # --- --max-drop and --nsd-tolerance must be finite ---------------------------------------------
