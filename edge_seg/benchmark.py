@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_seg.errors import EdgesegError
+from edge_seg.errors import EdgesegError, require_folder
 from edge_seg.profiling import (
     DEFAULT_INTERVAL_S,
     STATUS_OK,
@@ -233,8 +233,7 @@ def discover_cases(cases_dir: Path) -> list[BenchmarkCase]:
     EdgesegError
         When the folder does not exist or holds no image.
     """
-    if not cases_dir.is_dir():
-        raise EdgesegError(f"{cases_dir}: case folder does not exist")
+    require_folder(cases_dir, "case folder")
     folder = cases_dir
     if not any(_is_image(p) for p in folder.iterdir()):
         for sub in ("imagesTs", "imagesTr"):
@@ -264,8 +263,7 @@ def match_ground_truth(
     Returns the cases with ``label`` set where a match exists, and the names of cases without
     one (their accuracy is not scored; the caller lists them).
     """
-    if not gt_dir.is_dir():
-        raise EdgesegError(f"{gt_dir}: ground-truth folder does not exist")
+    require_folder(gt_dir, "ground-truth folder")
     # Label files carry no channel suffix: match on the name without extension only.
     labels = {strip_image_suffix(p.name): p for p in sorted(gt_dir.iterdir()) if _is_image(p)}
     if not labels:

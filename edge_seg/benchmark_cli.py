@@ -43,7 +43,7 @@ from edge_seg.benchmark_report import (
     write_results,
 )
 from edge_seg.errors import EdgesegError
-from evaluator.atomic import write_text_atomic
+from evaluator.atomic import nearest_existing, write_text_atomic
 
 #: Checks a model bundle for every configuration before any case runs; raises EdgesegError.
 ModelCheck = Callable[[Path, list[Config], dict[str, str]], None]
@@ -243,10 +243,8 @@ def check_output(output: Path, *, overwrite: bool) -> None:
                 "folder"
             )
         return
-    ancestor = output.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if ancestor.exists() and not ancestor.is_dir():
+    ancestor = nearest_existing(output.parent)
+    if not ancestor.is_dir():
         raise EdgesegError(
             f"{output}: cannot create the --output folder: {ancestor} is a file, not a folder"
         )

@@ -35,7 +35,7 @@ from edge_seg.nifti import (
     _write_nifti_like,
     read_nifti_gz_voxels,
 )
-from evaluator.atomic import atomic_path
+from evaluator.atomic import atomic_path, nearest_existing
 
 __all__ = [
     "OUTPUT_SUFFIXES",
@@ -311,9 +311,7 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
 def check_writable_location(path: str | os.PathLike[str]) -> None:
     """Check that a file can be created at ``path`` (its folder exists or can be made)."""
     path = Path(path)
-    probe = path.parent if str(path.parent) else Path(".")
-    while not probe.exists():
-        probe = probe.parent
+    probe = nearest_existing(path.parent)
     if not probe.is_dir():
         raise EdgesegError(f"{path}: cannot write here: {probe} is a file, not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):

@@ -30,12 +30,20 @@ def _current_umask() -> int:
     return mask
 
 
+def nearest_existing(path: str | os.PathLike[str]) -> Path:
+    """``path`` itself if it exists, else its nearest existing ancestor (``.`` or the root at
+    the latest): where a file or folder to be created at ``path`` would first meet the disk."""
+    path = Path(path)
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path(path.anchor or ".")
+
+
 def _blocking_file(folder: Path) -> Path | None:
     """The nearest existing ancestor of ``folder`` (or itself) when it is not a folder."""
-    for candidate in (folder, *folder.parents):
-        if candidate.exists():
-            return None if candidate.is_dir() else candidate
-    return None
+    existing = nearest_existing(folder)
+    return None if existing.is_dir() else existing
 
 
 def _prepare_parent(target: Path) -> None:

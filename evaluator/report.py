@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
-from evaluator.atomic import atomic_path
+from evaluator.atomic import atomic_path, nearest_existing
 from evaluator.errors import EvaluationError, OutputPathError
 from evaluator.runner import EvaluationResult
 from evaluator.summary import Regression
@@ -101,13 +101,6 @@ def result_files(*, junit: bool) -> tuple[str, ...]:
     return ("cases.csv", "summary.json", *(("junit.xml",) if junit else ()))
 
 
-def _nearest_existing(path: Path) -> Path:
-    for candidate in (path, *path.parents):
-        if candidate.exists():
-            return candidate
-    return Path(path.anchor or ".")
-
-
 def check_output_dir(out_dir: Path, *, junit: bool, overwrite: bool) -> None:
     """Refuse, before anything is scored, an output folder that cannot take the results.
 
@@ -121,7 +114,7 @@ def check_output_dir(out_dir: Path, *, junit: bool, overwrite: bool) -> None:
     EvaluationError
         A one-line message naming ``out_dir`` and the problem.
     """
-    existing = _nearest_existing(out_dir)
+    existing = nearest_existing(out_dir)
     if not existing.is_dir():
         problem = ("exists and is not a folder" if existing == out_dir
                    else f"lies below {existing}, which is a file, not a folder")
