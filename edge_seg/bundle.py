@@ -120,6 +120,13 @@ class Bundle:
         return {name: value for name, value in self.labels.items() if value != 0}
 
     @property
+    def presence_names(self) -> list[str]:
+        """The organs of the presence input and head, in order (the labels' order where the
+        model has no presence input)."""
+        organs = self.organs
+        return list(self.presence_input or sorted(organs, key=organs.get))
+
+    @property
     def graph_inputs(self) -> list[str]:
         """The model graph's input names in call order: image, then presence if it has one."""
         io = {**DEFAULT_IO_NAMES, **self.io_names}

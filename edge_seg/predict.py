@@ -143,9 +143,7 @@ class Predictor:
         self.notes += _unvalidated_notes(self.bundle, self.session.choice)
         self.notes += _present_notes(self.bundle, self.present)
         self.organs = self.bundle.organs
-        self.presence_names = list(
-            self.bundle.presence_input or sorted(self.organs, key=self.organs.get)
-        )
+        self.presence_names = self.bundle.presence_names
 
     # -- presence ---------------------------------------------------------------------------
 

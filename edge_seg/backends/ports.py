@@ -62,14 +62,8 @@ def check_ports(
     _check_logits(logits.shape, bundle, where)
     if bundle.presence_output:
         head = _find(outputs, io["presence_logits"], "presence_output", "output", where)
-        _check_last(head.shape, len(presence_order(bundle)), "presence_output", where,
+        _check_last(head.shape, len(bundle.presence_names), "presence_output", where,
                     "presence logits")
-
-
-def presence_order(bundle: Bundle) -> list[str]:
-    """The organs of the presence input / head, in order (labels' order without one)."""
-    organs = bundle.organs
-    return list(bundle.presence_input or sorted(organs, key=organs.get))
 
 
 def _manifest(bundle: Bundle) -> str:
