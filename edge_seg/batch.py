@@ -25,7 +25,7 @@ from concurrent.futures import (
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -142,21 +142,23 @@ def survey_folder(folder: Path) -> FolderScans:
     return FolderScans(sorted(files + series), ignored)
 
 
-def find_scans(folder: Path) -> list[Path]:
-    """The scans of a batch folder (see :func:`survey_folder`)."""
-    return survey_folder(folder).scans
+def folder_kind(folder: Path) -> Literal["batch", "series", "none"]:
+    """What an input folder is: ``"batch"`` (a folder of scans), ``"series"`` (itself one
+    DICOM series, or DICOM files the reader will report as unreadable) or ``"none"``.
 
-
-def is_batch_folder(folder: Path) -> bool:
-    """A folder of scans (not itself a DICOM series)."""
-    if not folder.is_dir():
-        return False
+    One pass decides all three, so that the GDCM scan of a series folder (every header read)
+    runs once here and once in the reader, not again for each question.
+    """
     if any(is_volume_file(p) for p in folder.iterdir()):
-        return True
+        return "batch"
     if _dicom_series_files(folder):
-        return False
-    return any(p.is_dir() and not p.name.startswith(".") and _holds_dicom(p)
-               for p in folder.iterdir())
+        return "series"
+    if any(p.is_dir() and not p.name.startswith(".") and _holds_dicom(p)
+           for p in folder.iterdir()):
+        return "batch"
+    if any(looks_like_dicom(p) for p in folder.iterdir()):
+        return "series"
+    return "none"
 
 
 def output_path(out_dir: Path, scan: Path) -> Path:

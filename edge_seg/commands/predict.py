@@ -89,7 +89,7 @@ def predict(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors."),
 ) -> None:
     """Segment abdominal organs in a CT/MR scan with a model bundle, on the CPU."""
-    from edge_seg.batch import is_batch_folder, survey_folder
+    from edge_seg.batch import folder_kind, survey_folder
     from edge_seg.options import PredictOptions
 
     options = PredictOptions(
@@ -107,10 +107,13 @@ def predict(
     )
     if not input_path.exists():
         raise EdgesegError(f"{input_path}: no such file or folder")
-    batch = is_batch_folder(input_path)
-    if input_path.is_dir() and not batch:
-        _check_dicom_folder(input_path)
-    if batch:
+    kind = folder_kind(input_path) if input_path.is_dir() else None
+    if kind == "none":
+        raise EdgesegError(
+            f"{input_path}: folder holds no scans (no NIfTI, MHA/MHD or NRRD files, no DICOM "
+            "series, no sub-folders with one)"
+        )
+    if kind == "batch":
         target = out_dir or output
         if target is None:
             raise EdgesegError(f"{input_path}: a folder of scans needs an output folder (OUT_DIR)")
@@ -129,21 +132,6 @@ def predict(
     _run_single(
         input_path, output or out_dir or _default_output(input_path), model, options, preview, quiet
     )
-
-
-def _check_dicom_folder(folder: Path) -> None:
-    """A folder given as one scan must hold a DICOM series (it holds no image files).
-
-    A folder of DICOM files none of which can be read goes on to the reader, whose message
-    says so.
-    """
-    from edge_seg.dicom import _dicom_series_files, looks_like_dicom
-
-    if not _dicom_series_files(folder) and not any(looks_like_dicom(p) for p in folder.iterdir()):
-        raise EdgesegError(
-            f"{folder}: folder holds no scans (no NIfTI, MHA/MHD or NRRD files, no DICOM "
-            "series, no sub-folders with one)"
-        )
 
 
 def _run_single(
