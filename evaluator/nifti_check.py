@@ -4,8 +4,10 @@ ITK's NIfTI reader zero-fills the voxels a file lacks (a ``.nii`` cut short, or 
 gzip stream of a cut ``.nii``) and reads NaN and infinite voxels as 0. Either way a broken
 label map would be scored as a (partly) empty one, so the evaluator reads the NIfTI-1 (348
 byte) or NIfTI-2 (540 byte) header itself, in either byte order, and checks that the file
-holds ``vox_offset`` + the bytes its dimensions and data type need, and that a float label
-map has finite values only.
+holds ``vox_offset`` + the bytes its dimensions and data type need, that a float label
+map has finite values only, and that the header gives a voxel size: nifticlib reads a
+``pixdim`` of 0 as 1 mm, so surface distances (NSD, HD95, ASSD) would be measured at a made-up
+scale.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class NiftiHeader:
     bytes_per_voxel: int
     data_offset: int
     float_dtype: np.dtype | None
+    voxel_size: tuple[float, ...] = ()  # pixdim of the spatial axes (at most 3), as stored
 
     @property
     def data_bytes(self) -> int:
@@ -71,19 +74,22 @@ def parse_header(head: bytes) -> NiftiHeader | None:
         if size == NIFTI1_HEADER_BYTES and head[344:347] == b"n+1":
             dims = struct.unpack(f"{order}8h", head[40:56])
             datatype, bitpix = struct.unpack(f"{order}hh", head[70:74])
+            pixdim = struct.unpack(f"{order}3f", head[80:92])  # pixdim[1:4]
             (offset,) = struct.unpack(f"{order}f", head[108:112])
-            return _header(1, order, dims, datatype, bitpix, offset, size)
+            return _header(1, order, dims, datatype, bitpix, offset, size, pixdim)
         if (size == NIFTI2_HEADER_BYTES and len(head) >= NIFTI2_HEADER_BYTES
                 and head[4:7] == b"n+2"):
             datatype, bitpix = struct.unpack(f"{order}hh", head[12:16])
             dims = struct.unpack(f"{order}8q", head[16:80])
+            pixdim = struct.unpack(f"{order}3d", head[112:136])  # pixdim[1:4]
             (offset,) = struct.unpack(f"{order}q", head[168:176])
-            return _header(2, order, dims, datatype, bitpix, offset, size)
+            return _header(2, order, dims, datatype, bitpix, offset, size, pixdim)
     return None
 
 
 def _header(version: int, order: str, dims: tuple[int, ...], datatype: int, bitpix: int,
-            offset: float, header_bytes: int) -> NiftiHeader | None:
+            offset: float, header_bytes: int,
+            pixdim: tuple[float, ...]) -> NiftiHeader | None:
     ndim = dims[0]
     if not 1 <= ndim <= 7 or any(d < 1 for d in dims[1:ndim + 1]):
         return None
@@ -100,6 +106,7 @@ def _header(version: int, order: str, dims: tuple[int, ...], datatype: int, bitp
         bytes_per_voxel=nbytes,
         data_offset=max(int(offset), header_bytes),
         float_dtype=np.dtype(order + float_code) if float_code else None,
+        voxel_size=tuple(float(v) for v in pixdim[:min(ndim, 3)]),
     )
 
 
@@ -168,6 +175,12 @@ class NiftiStreamCheck:
         header = self.header
         if header is None:
             return
+        if not all(np.isfinite(v) and v != 0 for v in header.voxel_size):
+            sizes = ", ".join(f"{v:g}" for v in header.voxel_size)
+            raise EvaluationError(
+                f"{path}: the NIfTI header gives no usable voxel size (pixdim {sizes}); "
+                "surface distances would be measured at 1 mm per voxel, fix the header's spacing"
+            )
         if self.total_bytes < header.data_end:
             held = max(0, self.total_bytes - header.data_offset)
             raise EvaluationError(

@@ -115,6 +115,40 @@ def test_nifti2_header_is_sized_and_truncation_refused(tmp_path, byte_order) -> 
         read_label_file(path)
 
 
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+@pytest.mark.parametrize("side", ["prediction", "ground truth"])
+def test_nifti_without_voxel_size_is_refused(folders, tmp_path, capsys, suffix, side) -> None:
+    # nifticlib reads pixdim 0 as 1 mm: prediction and truth would agree on a made-up spacing
+    # and NSD would apply its millimetre tolerance to it.
+    pred, gt = folders
+    folder = pred if side == "prediction" else gt
+    raw = bytearray(_nifti_bytes(tmp_path, "<"))
+    raw[80:92] = np.array([2.0, 0.0, 1.0], "<f4").tobytes()  # pixdim[1:4]
+    (folder / "case_a.nii.gz").unlink()
+    (folder / f"case_a{suffix}").write_bytes(gzip.compress(raw) if suffix == ".nii.gz" else raw)
+    out = tmp_path / "out"
+    code, _, err = _run(["evaluate", str(pred), str(gt), "-o", str(out), "-q"], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert f"case_a{suffix}: the NIfTI header gives no usable voxel size (pixdim 2, 0, 1)" in err
+    (failed,) = _summary(out)["cases"]["failed"]
+    assert (failed["case"], failed["side"]) == ("case_a", side)
+
+
+@pytest.mark.parametrize("byte_order", ["<", ">"])
+def test_nifti2_without_voxel_size_is_refused(tmp_path, byte_order) -> None:
+    path = tmp_path / "n2.nii"
+    header = nib.Nifti2Header(endianness=byte_order)
+    header.set_data_dtype(np.uint8)
+    nib.save(nib.Nifti2Image(np.zeros((8, 9, 10), np.uint8), np.diag([1.5, 2.0, 3.0, 1.0]),
+                             header=header), path)
+    data = bytearray(path.read_bytes())
+    assert parse_header(bytes(data[:540])).voxel_size == (1.5, 2.0, 3.0)
+    data[120:128] = np.array([np.nan], f"{byte_order}f8").tobytes()  # pixdim[2]
+    path.write_bytes(data)
+    with pytest.raises(EvaluationError, match=r"no usable voxel size \(pixdim 1\.5, nan, 3\)"):
+        read_label_file(path)
+
+
 # --- 2. NaN and infinite voxels ----------------------------------------------------------------
 
 
