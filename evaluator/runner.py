@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from evaluator.adapters import chaos, nifti
-from evaluator.adapters.base import CaseSpec, LabelFile, describe, load_volume
+from evaluator.adapters.base import CaseSpec, describe, load_volume
 from evaluator.errors import EvaluationError
 from evaluator.labels import FLARE_LABELS, FLARE_NSD_TOLERANCE_MM, canonical_organ_name
 from evaluator.labelsets import (
@@ -165,7 +165,7 @@ def _discover(gt_root: Path, pred_root: Path,
     if not matched_ids:
         raise EvaluationError(f"{pred_root}: no prediction matches a ground-truth case "
                               f"(expected e.g. {cases[0].case_id}.nii.gz)")
-    available = set(nifti.image_files(pred_root))
+    available = set(nifti.label_refs(pred_root))
     return fmt, cases, sorted(available - {c.case_id for c in cases})
 
 
@@ -175,7 +175,7 @@ def _add_presence_cases(cases: list[CaseSpec], pred_root: Path,
         raise EvaluationError(f"{csv_path}: presence CSV not found")
     known = set(FLARE_LABELS) | {o for s in PRESETS.values() for o in s.organs}
     presence = read_presence_csv(csv_path, known)
-    predictions = nifti.image_files(pred_root)
+    predictions = nifti.label_refs(pred_root)
     by_id = {c.case_id: c for c in cases}
     unknown = sorted(s for s in presence if s not in by_id and s not in predictions)
     if unknown:
@@ -183,7 +183,7 @@ def _add_presence_cases(cases: list[CaseSpec], pred_root: Path,
         raise EvaluationError(f"{csv_path}: {len(unknown)} subject(s) have neither a prediction "
                               f"nor a ground truth: {shown}")
     extra = [
-        CaseSpec(case_id=subject, gt=None, pred=LabelFile(predictions[subject]),
+        CaseSpec(case_id=subject, gt=None, pred=predictions[subject],
                  presence=values)
         for subject, values in presence.items() if subject not in by_id
     ]
@@ -339,7 +339,7 @@ def score_job(job: _CaseJob) -> _CaseOutcome:
         return _score_presence_only(job)
     assert job.gt_labels is not None
     try:
-        gt_volume = load_volume(spec.gt)
+        gt_volume = load_volume(spec.gt, job.gt_labels)
         gt = to_evaluation_labels(gt_volume.array, job.gt_labels, job.organ_ids,
                                   describe(spec.gt))
     except EvaluationError as exc:
@@ -353,7 +353,7 @@ def score_job(job: _CaseJob) -> _CaseOutcome:
     if spec.pred is None:
         return _CaseOutcome(worst("missing_prediction"))
     try:
-        pred_volume = load_volume(spec.pred)
+        pred_volume = load_volume(spec.pred, job.pred_labels)
         problem = same_geometry(gt_volume, pred_volume, check_position=job.check_position)
         if problem and job.resample_pred:
             pred_volume = resample_to(gt_volume, pred_volume)
@@ -377,7 +377,7 @@ def _score_presence_only(job: _CaseJob) -> _CaseOutcome:
     failure = None
     if spec.pred is not None:
         try:
-            volume = load_volume(spec.pred)
+            volume = load_volume(spec.pred, job.pred_labels)
             pred = to_evaluation_labels(volume.array, job.pred_labels, job.organ_ids,
                                         describe(spec.pred))
         except EvaluationError as exc:

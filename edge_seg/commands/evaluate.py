@@ -115,7 +115,10 @@ def _warn_about_cases(result: EvaluationResult, quiet: bool) -> None:
 def register(app: typer.Typer) -> None:
     @app.command("evaluate")
     def evaluate(
-        pred: Path = typer.Argument(..., metavar="PRED", help="Folder of predictions."),
+        pred: Path = typer.Argument(
+            ..., metavar="PRED",
+            help="Folder of predictions: <case>.nii.gz label maps or <case>/ folders of one "
+                 "mask per structure (TotalSegmentator)."),
         gt: Path = typer.Argument(..., metavar="GT", help="Ground-truth folder or dataset."),
         format: str = typer.Option(
             "auto", "--format", help="Ground-truth layout: auto|flare|nnunet|msd|chaos|ukb."

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from evaluator.errors import EvaluationError
+from evaluator.labelsets import PRESETS, LabelSet
+from evaluator.masks import read_mask_folder
 from evaluator.volumes import (
     LabelVolume,
     dicom_series_geometry,
@@ -35,7 +37,14 @@ class ChaosSeries:
     dicom_dir: Path
 
 
-VolumeRef = LabelFile | ChaosSeries
+@dataclass(frozen=True)
+class MaskFolder:
+    """A folder of one binary mask per structure (TotalSegmentator's output and dataset)."""
+
+    path: Path
+
+
+VolumeRef = LabelFile | ChaosSeries | MaskFolder
 
 
 @dataclass
@@ -62,10 +71,17 @@ class CaseSpec:
     notes: list[str] = field(default_factory=list)
 
 
-def load_volume(ref: VolumeRef) -> LabelVolume:
-    """Read a referenced label volume (raises EvaluationError naming the file)."""
+def load_volume(ref: VolumeRef, labels: LabelSet | None = None) -> LabelVolume:
+    """Read a referenced label volume (raises EvaluationError naming the file).
+
+    ``labels`` is the label set the volume is read in (FLARE's if None): a
+    :class:`MaskFolder` is merged into a label map in its values; the other kinds carry their
+    own values.
+    """
     if isinstance(ref, LabelFile):
         return read_label_file(ref.path)
+    if isinstance(ref, MaskFolder):
+        return read_mask_folder(ref.path, labels if labels is not None else PRESETS["flare"])
     geometry = dicom_series_geometry(ref.dicom_dir)
     array = read_png_series(ref.png_dir)
     if array.shape != geometry.shape:
@@ -86,4 +102,4 @@ def load_volume(ref: VolumeRef) -> LabelVolume:
 def describe(ref: VolumeRef | None) -> str:
     if ref is None:
         return "-"
-    return str(ref.path if isinstance(ref, LabelFile) else ref.png_dir)
+    return str(ref.png_dir if isinstance(ref, ChaosSeries) else ref.path)

@@ -4,7 +4,9 @@ Ground truth may be a folder of label maps (``<case>.nii.gz``), or a dataset roo
 ``labelsTs/`` (preferred) or ``labelsTr/`` and a ``dataset.json`` whose ``labels`` table (nnU-Net
 v2 ``{"liver": 1}`` or MSD ``{"1": "liver"}``) becomes the ground-truth label set. Predictions
 are ``PRED/<case>.nii.gz`` (other NIfTI/MHA/NRRD suffixes too); other files in PRED (nnU-Net's
-``plans.json``, ``.npz``) are ignored.
+``plans.json``, ``.npz``) are ignored. On either side a case may instead be a folder of one mask
+per structure (``<case>/liver.nii.gz`` ..., TotalSegmentator's output; or
+``<subject>/segmentations/`` of the TotalSegmentator dataset; :mod:`evaluator.masks`).
 
 An MSD ``dataset.json`` ``training`` list must be a list of ``{"image": ..., "label": ...}``
 objects; when ``labelsTr`` is scored, a listed case whose label map is not there is reported
@@ -17,8 +19,9 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from evaluator.adapters.base import CaseSpec, LabelFile
+from evaluator.adapters.base import CaseSpec, LabelFile, MaskFolder, VolumeRef
 from evaluator.errors import EvaluationError
+from evaluator.masks import is_mask_folder
 from evaluator.volumes import strip_image_suffix
 
 
@@ -51,21 +54,35 @@ def image_files(folder: Path) -> dict[str, Path]:
     return found
 
 
+def label_refs(folder: Path) -> dict[str, VolumeRef]:
+    """Case id -> label map file, or mask folder, of every case directly in ``folder``.
+
+    A case with both a label map and a mask folder is read from the label map.
+    """
+    refs: dict[str, VolumeRef] = {case: LabelFile(path)
+                                  for case, path in image_files(folder).items()}
+    if folder.is_dir():
+        for path in sorted(folder.iterdir()):
+            if path.name not in refs and not path.name.startswith(".") and is_mask_folder(path):
+                refs[path.name] = MaskFolder(path)
+    return dict(sorted(refs.items()))
+
+
 def discover(gt_root: Path, pred_root: Path, default_labels: str = "flare") -> list[CaseSpec]:
     """Cases with voxel ground truth in ``gt_root``, matched to ``pred_root`` by case id."""
     folder = label_folder(gt_root)
     json_path = dataset_json(folder)
     gt_labels = str(json_path) if json_path is not None else default_labels
-    predictions = image_files(pred_root)
+    predictions = label_refs(pred_root)
     return [
         CaseSpec(
             case_id=case,
-            gt=LabelFile(path),
-            pred=LabelFile(predictions[case]) if case in predictions else None,
+            gt=ref,
+            pred=predictions.get(case),
             gt_labels=gt_labels,
             pred_labels="flare",
         )
-        for case, path in image_files(folder).items()
+        for case, ref in label_refs(folder).items()
     ]
 
 
@@ -119,12 +136,12 @@ def listed_but_missing(gt_root: Path, pred_root: Path,
     if folder.name == "labelsTs":
         return []
     known = {case.case_id for case in found}
-    predictions = image_files(pred_root)
+    predictions = label_refs(pred_root)
     return [
         CaseSpec(
             case_id=case,
             gt=LabelFile(json_path.parent / label),
-            pred=LabelFile(predictions[case]) if case in predictions else None,
+            pred=predictions.get(case),
             gt_labels=str(json_path),
             pred_labels="flare",
             gt_problem=(f"{json_path}: training lists {case} ({label}), but {folder} has no "

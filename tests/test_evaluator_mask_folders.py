@@ -1,0 +1,131 @@
+"""``edgeseg evaluate`` on folders of one mask per structure (TotalSegmentator's output, dataset).
+
+A mask folder must score exactly as the label map it stands for, on either side, in any label
+set; overlapping masks, masks on different grids and folders without organ masks are refused
+by name while the rest of the batch is scored.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_evaluator_cli import _labels, _run, _write
+
+from evaluator.errors import EvaluationError
+from evaluator.labels import FLARE_LABELS
+from evaluator.labelsets import PRESETS
+from evaluator.masks import read_mask_folder
+
+_ORGAN_OF_VALUE = {value: organ for organ, value in FLARE_LABELS.items()}
+
+
+def _write_masks(folder: Path, labels: np.ndarray, extra: bool = True) -> None:
+    """One uint8 0/1 mask per organ of a FLARE label map, as TotalSegmentator writes them."""
+    for value in np.unique(labels[labels > 0]):
+        _write(folder / f"{_ORGAN_OF_VALUE[int(value)]}.nii.gz", (labels == value).astype(np.uint8))
+    if extra:  # a structure no abdominal label table has: never read
+        _write(folder / "vertebrae_L1.nii.gz", np.ones_like(labels))
+
+
+def _organs(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())["organs"]
+
+
+@pytest.fixture
+def label_maps(tmp_path: Path) -> tuple[Path, Path]:
+    gt, pred = tmp_path / "gt_maps", tmp_path / "pred_maps"
+    _write(gt / "s0001.nii.gz", _labels())
+    _write(gt / "s0002.nii.gz", _labels(gallbladder=False))
+    _write(pred / "s0001.nii.gz", _labels(shift=1))
+    _write(pred / "s0002.nii.gz", _labels())  # a gallbladder where the truth has none
+    return pred, gt
+
+
+def _score(pred: Path, gt: Path, out: Path, capsys, *extra: str) -> tuple[int, str]:
+    code, _, err = _run(["evaluate", str(pred), str(gt), "-o", str(out), "-q", *extra], capsys)
+    return code, err
+
+
+def test_mask_folders_score_as_their_label_maps(label_maps, tmp_path, capsys) -> None:
+    pred_maps, gt_maps = label_maps
+    code, err = _score(pred_maps, gt_maps, tmp_path / "maps", capsys)
+    assert code == 0, err
+    expected = _organs(tmp_path / "maps")
+    assert expected["gallbladder"]["presence"]["fp"] == 1  # the fixture does test something
+
+    # TotalSegmentator output: PRED/<case>/<organ>.nii.gz
+    pred_masks = tmp_path / "pred_masks"
+    _write_masks(pred_masks / "s0001", _labels(shift=1))
+    _write_masks(pred_masks / "s0002", _labels())
+    code, err = _score(pred_masks, gt_maps, tmp_path / "pred_side", capsys)
+    assert code == 0, err
+    assert _organs(tmp_path / "pred_side") == expected
+
+    # The TotalSegmentator dataset: GT/<subject>/ct.nii.gz + segmentations/<organ>.nii.gz
+    gt_dataset = tmp_path / "totalseg_dataset"
+    for subject, labels in (("s0001", _labels()), ("s0002", _labels(gallbladder=False))):
+        _write(gt_dataset / subject / "ct.nii.gz", np.zeros(labels.shape, np.int16))
+        _write_masks(gt_dataset / subject / "segmentations", labels)
+    code, err = _score(pred_maps, gt_dataset, tmp_path / "gt_side", capsys)
+    assert code == 0, err
+    assert _organs(tmp_path / "gt_side") == expected
+
+    # The merged map takes the values of the label set in use, so naming TotalSegmentator's
+    # numbering for the masks changes nothing.
+    code, err = _score(pred_masks, gt_dataset, tmp_path / "both", capsys,
+                       "--pred-labels", "totalsegmentator", "--gt-labels", "totalsegmentator")
+    assert code == 0, err
+    assert _organs(tmp_path / "both") == expected
+
+
+def test_an_organ_without_a_mask_is_not_segmented(label_maps, tmp_path, capsys) -> None:
+    _, gt_maps = label_maps
+    pred = tmp_path / "pred"
+    _write_masks(pred / "s0001", _labels())
+    _write_masks(pred / "s0002", _labels(gallbladder=False))
+    (pred / "s0001" / "gallbladder.nii.gz").unlink()
+    code, err = _score(pred, gt_maps, tmp_path / "out", capsys)
+    assert code == 0, err
+    gallbladder = _organs(tmp_path / "out")["gallbladder"]
+    assert gallbladder["presence"]["fn"] == 1 and gallbladder["presence"]["tn"] == 1
+    assert _organs(tmp_path / "out")["liver"]["metrics"]["dsc"]["mean"] == 1.0
+
+
+def test_overlapping_masks_fail_their_case_only(label_maps, tmp_path, capsys) -> None:
+    _, gt_maps = label_maps
+    pred = tmp_path / "pred"
+    _write_masks(pred / "s0001", _labels())
+    _write_masks(pred / "s0002", _labels(gallbladder=False))
+    liver = (_labels() == 1).astype(np.uint8)
+    liver[4, 14, 14] = 1  # inside the spleen
+    _write(pred / "s0001" / "liver.nii.gz", liver)
+    code, err = _score(pred, gt_maps, tmp_path / "out", capsys)
+    assert code == 2 and "Traceback" not in err
+    assert "s0001/spleen.nii.gz: 1 voxel(s) also in the mask liver.nii.gz; masks must not " \
+           "overlap" in err
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    (failed,) = summary["cases"]["failed"]
+    assert (failed["case"], failed["side"]) == ("s0001", "prediction")
+    assert summary["cases"]["voxel"] == 2  # s0002 scored; s0001 as worst case
+
+
+def test_masks_on_different_grids_are_refused(tmp_path) -> None:
+    folder = tmp_path / "case"
+    _write_masks(folder, _labels(), extra=False)
+    _write(folder / "spleen.nii.gz", (_labels() == 3).astype(np.uint8), spacing=(1.0, 1.0, 3.0))
+    with pytest.raises(EvaluationError, match=r"spleen\.nii\.gz: not on the grid of the mask "
+                                              r"liver\.nii\.gz: spacing"):
+        read_mask_folder(folder, PRESETS["flare"])
+
+
+def test_folder_without_masks_of_the_label_set_is_refused(tmp_path) -> None:
+    folder = tmp_path / "case"
+    _write(folder / "spleen.nii.gz", (_labels() == 3).astype(np.uint8))
+    with pytest.raises(EvaluationError, match=r"case: no mask of an organ of label set "
+                                              r"'chaos_ct' \(expected files such as liver"):
+        read_mask_folder(folder, PRESETS["chaos_ct"])
+    volume = read_mask_folder(folder, PRESETS["flare"])
+    assert set(np.unique(volume.array)) == {0, FLARE_LABELS["spleen"]}
