@@ -129,3 +129,31 @@ def test_folder_without_masks_of_the_label_set_is_refused(tmp_path) -> None:
         read_mask_folder(folder, PRESETS["chaos_ct"])
     volume = read_mask_folder(folder, PRESETS["flare"])
     assert set(np.unique(volume.array)) == {0, FLARE_LABELS["spleen"]}
+
+
+def test_real_totalsegmentator_map_split_into_masks_scores_as_itself(
+        shared_data: Path, tmp_path: Path, capsys) -> None:
+    # Real geometry (3 mm, TotalSegmentator's own output): the masks, merged back, must give
+    # the multi-label map voxel for voxel, so every organ scores DSC = NSD = 1.
+    import SimpleITK as sitk
+
+    source = shared_data / "totalseg_examples" / "example_seg.nii.gz"
+    image = sitk.ReadImage(str(source))
+    labels = sitk.GetArrayFromImage(image)
+    for organ, (low, high) in PRESETS["totalsegmentator"].ranges.items():
+        mask = sitk.GetImageFromArray(((labels >= low) & (labels <= high)).astype(np.uint8))
+        mask.CopyInformation(image)
+        (tmp_path / "pred" / "example").mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(mask, str(tmp_path / "pred" / "example" / f"{organ}.nii.gz"))
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "gt" / "example.nii.gz").write_bytes(source.read_bytes())
+    code, err = _score(tmp_path / "pred", tmp_path / "gt", tmp_path / "out", capsys,
+                       "--gt-labels", "totalsegmentator")
+    assert code == 0, err
+    organs = _organs(tmp_path / "out")
+    assert len(organs) == 13
+    present = [o for o, s in organs.items() if s["presence"]["tp"] == 1]
+    assert len(present) >= 10  # the example holds most abdominal organs
+    for organ in organs:
+        assert organs[organ]["metrics"]["dsc"]["mean"] == 1.0, organ
+        assert organs[organ]["metrics"]["nsd"]["mean"] == 1.0, organ
