@@ -52,6 +52,12 @@ Schema of ``edgeseg.json`` (format version 1)
 ``mirror_axes`` : list[int]
     Axes the source model allowed for test-time mirroring (informational; edgeseg runs without
     TTA, like ``nnUNetv2_predict --disable_tta``).
+``largest_component_groups`` : list of list of str, optional
+    The model's own connected-component post-processing, as nnU-Net determines it on the
+    cross-validation (``postprocessing.json``, imported by ``edgeseg export nnunet
+    --postprocessing``): for each group in order, the union of its organs keeps only its
+    largest component. Applied instead of the default largest component per organ; ``[]``
+    means nnU-Net found none that helps. Absent or null: the runtime's default.
 ``provenance`` : dict
     Source checkpoint path and SHA-256, export tool and version, calibration set, ONNX max abs
     difference vs PyTorch, and anything else the exporter knows.
@@ -105,6 +111,7 @@ class Bundle:
     io_names: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_IO_NAMES))
     validated_precisions: list[str] = field(default_factory=lambda: ["fp32"])
     mirror_axes: list[int] = field(default_factory=list)
+    largest_component_groups: list[list[str]] | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
     fidelity: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION

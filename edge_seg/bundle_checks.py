@@ -279,6 +279,18 @@ def _string_list(value: Any, field: _Field) -> list[str]:
     return value
 
 
+def _component_groups(value: Any, field: _Field) -> list[list[str]] | None:
+    """Groups of organ names (checked against ``labels`` in :func:`_check_consistency`)."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(
+            isinstance(group, list) and group and all(isinstance(n, str) for n in group)
+            for group in value):
+        raise field.fail(f"{_show(value)} is not null or a list of non-empty lists of organ "
+                         "names")
+    return value
+
+
 def _axes(value: Any, field: _Field) -> list[int]:
     if value is None:
         return []
@@ -345,6 +357,7 @@ _CHECKS: dict[str, Callable[[Any, _Field], Any]] = {
     "io_names": _io_names,
     "validated_precisions": _string_list,
     "mirror_axes": _axes,
+    "largest_component_groups": _component_groups,
     "provenance": _object,
     "fidelity": _fidelity,
 }
@@ -363,6 +376,12 @@ def _check_consistency(fields: dict[str, Any], where: str) -> None:
     if unknown:
         raise EdgesegError(
             f"{where}: presence_input: {', '.join(unknown)} is not an organ of labels"
+        )
+    grouped = [n for group in fields.get("largest_component_groups") or () for n in group]
+    unknown = list(dict.fromkeys(name for name in grouped if name not in organs))
+    if unknown:
+        raise EdgesegError(
+            f"{where}: largest_component_groups: {', '.join(unknown)} is not an organ of labels"
         )
 
 

@@ -44,6 +44,56 @@ def keep_largest_component(
     return _remove_components(labels, values, connectivity, True, min_voxels)
 
 
+def keep_largest_component_of_union(
+    labels: np.ndarray,
+    values: Sequence[int],
+    connectivity: int = 26,
+) -> np.ndarray:
+    """Keep only the largest connected component of the union of ``values``, in place.
+
+    This is nnU-Net v2's post-processing step (``remove_all_but_largest_component_from_
+    segmentation``), which ``nnUNetv2_find_best_configuration`` keeps per class or for the
+    whole foreground where it raised the cross-validation Dice: the voxels of ``values``
+    form one mask; every component of that mask but the largest becomes background. Several
+    components of exactly the largest size are all kept, as nnU-Net keeps them. With a single
+    value this is :func:`keep_largest_component` for that organ.
+
+    Parameters
+    ----------
+    labels : np.ndarray
+        uint8 label map (z, y, x); modified in place and returned.
+    values : sequence of int
+        The labels whose union is cleaned (all foreground labels: nnU-Net's "keep the
+        largest foreground region").
+    connectivity : {6, 18, 26}
+        Voxel neighbourhood; 26, as nnU-Net's ``skimage.measure.label`` default in 3D.
+
+    Examples
+    --------
+    >>> labels = np.zeros((8, 8, 8), np.uint8)
+    >>> labels[1:4, 1:4, 1:3] = 1   # liver ...
+    >>> labels[1:4, 1:4, 3] = 2     # ... touching the right kidney
+    >>> labels[6, 6, 6] = 2         # a kidney island away from both
+    >>> _ = keep_largest_component_of_union(labels, [1, 2])
+    >>> int((labels == 2).sum()), int((labels == 1).sum())  # the island is gone
+    (9, 18)
+    """
+    foreground = _foreground_box(labels)
+    if foreground is None:
+        return labels
+    region = labels[foreground]
+    mask = np.isin(region, list(values))
+    components, n = cc3d.connected_components(mask, connectivity=connectivity, return_N=True)
+    if n < 2:
+        return labels
+    sizes = np.bincount(components.reshape(-1), minlength=n + 1)
+    sizes[0] = 0
+    remove = sizes < sizes.max()
+    remove[0] = False
+    np.copyto(region, 0, where=remove[components])
+    return labels
+
+
 def remove_small_components(
     labels: np.ndarray,
     min_voxels: int,

@@ -31,6 +31,7 @@ from edge_seg.launch import open_predictor_and_read
 from edge_seg.options import PredictOptions
 from edge_seg.postprocess import (
     keep_largest_component,
+    keep_largest_component_of_union,
     min_component_voxels,
     organ_volumes_ml,
     remove_small_components,
@@ -328,10 +329,16 @@ class Predictor:
         else:
             labels = labels_part
         min_voxels = min_component_voxels(options.min_component_ml, volume.spacing_mm)
-        if options.lcc:
+        groups = bundle.largest_component_groups
+        if options.lcc and groups is None:
             keep_largest_component(labels, sorted(self.organs.values()), min_voxels=min_voxels)
-        elif min_voxels:
-            remove_small_components(labels, min_voxels, sorted(self.organs.values()))
+        else:
+            if options.lcc:
+                # The model's own rule (nnU-Net's, found on its cross-validation), in its order.
+                for group in groups or ():
+                    keep_largest_component_of_union(labels, [bundle.labels[n] for n in group])
+            if min_voxels:
+                remove_small_components(labels, min_voxels, sorted(self.organs.values()))
         timings["postprocess"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - started
 

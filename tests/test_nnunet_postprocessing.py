@@ -1,0 +1,123 @@
+"""nnU-Net's own connected-component post-processing, carried by the bundle and run by predict.
+
+``keep_largest_component_of_union`` must give nnU-Net's
+``remove_all_but_largest_component_from_segmentation`` voxel for voxel; a bundle's
+``largest_component_groups`` replaces the default largest component per organ, in its order;
+a manifest naming an organ the model lacks is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers_bundle import HU, make_bundle
+
+from edge_seg.bundle import load_bundle
+from edge_seg.errors import EdgesegError
+from edge_seg.io import Volume
+from edge_seg.options import PredictOptions
+from edge_seg.postprocess import keep_largest_component_of_union
+from edge_seg.predict import Predictor
+
+SPACING = (2.0, 1.5, 1.5)
+
+
+def _islands(seed: int) -> np.ndarray:
+    """Three organs in blocks, some touching, and stray voxels of every label everywhere."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((24, 40, 40), np.uint8)
+    labels[2:12, 4:20, 4:20] = 1
+    labels[2:12, 20:30, 4:14] = 2  # touches organ 1
+    labels[14:22, 24:36, 22:36] = 3
+    labels[18:20, 2:4, 30:32] = 3  # a second, smaller body of organ 3
+    spots = rng.integers(0, labels.size, 120)
+    labels.ravel()[spots] = rng.integers(1, 4, 120)
+    return labels
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_union_rule_matches_nnunet(seed: int) -> None:
+    module = pytest.importorskip("nnunetv2.postprocessing.remove_connected_components")
+    steps = [[1, 2, 3], 2, 3, [1, 3]]  # as in a postprocessing.pkl: foreground, then classes
+    expected = _islands(seed)
+    ours = expected.copy()
+    for step in steps:
+        expected = module.remove_all_but_largest_component_from_segmentation(expected, step)
+        keep_largest_component_of_union(ours, step if isinstance(step, list) else [step])
+        np.testing.assert_array_equal(ours, expected, err_msg=f"after step {step}")
+    assert (ours != _islands(seed)).any()  # the steps removed something
+
+
+def test_equal_largest_components_are_all_kept() -> None:
+    labels = np.zeros((6, 6, 12), np.uint8)
+    labels[1:3, 1:3, 1:3] = 4
+    labels[1:3, 1:3, 8:10] = 4
+    labels[5, 5, 5] = 4
+    keep_largest_component_of_union(labels, [4])
+    assert int((labels == 4).sum()) == 16 and labels[5, 5, 5] == 0
+
+
+def _scan() -> tuple[Volume, np.ndarray]:
+    """A CT of touching liver, kidney and spleen blocks plus a separate island of each, in HU
+    (the touching blocks are one component of the foreground)."""
+    truth = np.zeros((24, 48, 48), np.uint8)
+    truth[4:16, 6:26, 6:26] = 1
+    truth[4:16, 6:26, 26:38] = 2
+    truth[4:16, 26:40, 26:38] = 3
+    truth[18:22, 8:12, 36:40] = 1  # islands, 4x4x4 voxels (0.14 ml) each
+    truth[18:22, 20:24, 36:40] = 2
+    truth[18:22, 36:40, 10:14] = 3
+    names = {0: "background", 1: "liver", 2: "kidney_right", 3: "spleen"}
+    image = np.vectorize(lambda v: HU[names[v]])(truth).astype(np.float32)
+    return Volume(image, SPACING, path=Path("islands.nii.gz")), truth
+
+
+def _with_groups(tmp_path: Path, groups: object) -> Path:
+    folder = make_bundle(tmp_path / "bundle", spacing_mm=SPACING)
+    manifest = folder / "edgeseg.json"
+    data = json.loads(manifest.read_text())
+    data["largest_component_groups"] = groups
+    manifest.write_text(json.dumps(data))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("groups", "islands_kept"),
+    [
+        (None, set()),  # the default: the largest component of each organ
+        ([], {1, 2, 3}),  # nnU-Net found no rule that helps
+        ([["spleen"]], {1, 2}),
+        ([["liver", "kidney_right", "spleen"]], set()),  # the foreground: islands all go
+    ],
+)
+def test_predict_runs_the_bundles_rule(tmp_path, groups, islands_kept) -> None:
+    volume, truth = _scan()
+    options = PredictOptions(precision="fp32", crop="none", min_component_ml=0)
+    labels = Predictor(_with_groups(tmp_path, groups), options).predict(volume).labels
+    for value in (1, 2, 3):
+        island = (truth == value) & (np.arange(truth.shape[0]) >= 18)[:, None, None]
+        kept = float((labels[island] == value).mean())
+        assert kept == (1.0 if value in islands_kept else 0.0), (value, kept)
+        body = (truth == value) & ~island
+        assert (labels[body] == value).mean() > 0.95
+    no_lcc = Predictor(_with_groups(tmp_path / "b", groups),
+                       PredictOptions(precision="fp32", crop="none", min_component_ml=0,
+                                      lcc=False)).predict(volume).labels
+    assert all((no_lcc[truth == v] == v).mean() > 0.95 for v in (1, 2, 3))
+
+
+@pytest.mark.parametrize(
+    ("groups", "message"),
+    [
+        ([["liver", "pancreas"]], "largest_component_groups: pancreas is not an organ of labels"),
+        ([[]], "is not null or a list of non-empty lists of organ names"),
+        (["liver"], "is not null or a list of non-empty lists of organ names"),
+        ([["background"]], "background is not an organ of labels"),
+    ],
+)
+def test_manifest_with_bad_groups_is_refused(tmp_path, groups, message) -> None:
+    with pytest.raises(EdgesegError, match=message):
+        load_bundle(_with_groups(tmp_path, groups))
