@@ -121,3 +121,82 @@ def test_predict_runs_the_bundles_rule(tmp_path, groups, islands_kept) -> None:
 def test_manifest_with_bad_groups_is_refused(tmp_path, groups, message) -> None:
     with pytest.raises(EdgesegError, match=message):
         load_bundle(_with_groups(tmp_path, groups))
+
+
+# -- reading nnU-Net's postprocessing.json / .pkl (export side) ----------------------------
+
+FLARE_LIKE = {"background": 0, "liver": 1, "kidney_right": 2, "spleen": 3}
+
+
+def _nnunet_files(folder: Path, steps: list) -> tuple[Path, Path]:
+    """postprocessing.pkl and .json as nnU-Net v2's determine_postprocessing saves them."""
+    module = pytest.importorskip("nnunetv2.postprocessing.remove_connected_components")
+    from batchgenerators.utilities.file_and_folder_operations import save_json, save_pickle
+
+    folder.mkdir(parents=True, exist_ok=True)
+    functions = [module.remove_all_but_largest_component_from_segmentation] * len(steps)
+    kwargs = [{"labels_or_regions": step} for step in steps]
+    save_pickle((functions, kwargs), str(folder / "postprocessing.pkl"))
+    save_json({"postprocessing_fns": [f.__name__ for f in functions],
+               "postprocessing_kwargs": kwargs}, str(folder / "postprocessing.json"))
+    return folder / "postprocessing.pkl", folder / "postprocessing.json"
+
+
+@pytest.mark.parametrize("steps", [[[1, 2, 3], 3], [2], []])
+def test_nnunet_files_give_the_groups_in_order(tmp_path, steps) -> None:
+    from export.nnunet_postprocessing import read_postprocessing
+
+    pkl, js = _nnunet_files(tmp_path, steps)
+    names = {1: "liver", 2: "kidney_right", 3: "spleen"}
+    expected = [[names[v] for v in (s if isinstance(s, list) else [s])] for s in steps]
+    assert read_postprocessing(pkl, FLARE_LIKE) == expected
+    assert read_postprocessing(js, FLARE_LIKE) == expected
+
+
+class _RunsCode:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_pickle_with_other_objects_is_refused_unrun(tmp_path) -> None:
+    import pickle
+
+    from export.nnunet_postprocessing import read_postprocessing
+
+    marker = tmp_path / "ran"
+    path = tmp_path / "postprocessing.pkl"
+    path.write_bytes(pickle.dumps(([_RunsCode(marker)], [{"labels_or_regions": 1}])))
+    with pytest.raises(EdgesegError, match=r"postprocessing\.pkl: holds posix\.system, not only "
+                                           r"nnU-Net's post-processing step"):
+        read_postprocessing(path, FLARE_LIKE)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"postprocessing_fns": ["remove_all_but_largest_component_from_segmentation"],
+          "postprocessing_kwargs": [{"labels_or_regions": 7}]},
+         "step 0: label 7 is not a foreground label of the model"),
+        ({"postprocessing_fns": ["remove_all_but_largest_component_from_segmentation"],
+          "postprocessing_kwargs": [{"labels_or_regions": [[1, 2], 3]}]},
+         "region-based models are not supported"),
+        ({"postprocessing_fns": ["fill_holes"], "postprocessing_kwargs": [{}]},
+         "step 0 is 'fill_holes'; edgeseg runs only nnU-Net's"),
+        ({"postprocessing_fns": [], "postprocessing_kwargs": [{}]},
+         "0 post-processing functions but 1 sets of keyword arguments"),
+        ({"input_folder": {}}, "not an nnU-Net postprocessing.json"),
+    ],
+)
+def test_bad_postprocessing_json_is_refused(tmp_path, data, message) -> None:
+    from export.nnunet_postprocessing import read_postprocessing
+
+    path = tmp_path / "postprocessing.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(EdgesegError, match=message):
+        read_postprocessing(path, FLARE_LIKE)
