@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_seg.bundle import Bundle, load_bundle
+from edge_seg.bundle import DEFAULT_IO_NAMES, FORMAT_VERSION, Bundle, load_bundle
+from edge_seg.bundle_checks import check_manifest
 from edge_seg.errors import EdgesegError
 from edge_seg.io import check_writable_location
 from evaluator.atomic import atomic_dir
@@ -56,22 +57,27 @@ def normalization_from_plans(results: NnunetResults) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for channel, scheme in enumerate(schemes):
         if scheme == "CTNormalization":
-            stats = properties.get(str(channel))
+            stats = properties.get(str(channel)) if isinstance(properties, dict) else None
             if stats is None:
                 raise EdgesegError(
                     f"{where}: CTNormalization for channel {channel} but no "
                     "foreground_intensity_properties_per_channel entry"
                 )
-            out.append({
-                "scheme": "ct",
-                "lower": float(stats["percentile_00_5"]),
-                "upper": float(stats["percentile_99_5"]),
-                "mean": float(stats["mean"]),
-                "std": float(stats["std"]),
-            })
+            keys = ("percentile_00_5", "percentile_99_5", "mean", "std")
+            lacking = [key for key in keys if not isinstance(stats, dict) or key not in stats]
+            if lacking:
+                raise EdgesegError(f"{where}: foreground_intensity_properties_per_channel "
+                                   f"channel {channel} lacks {', '.join(lacking)}")
+            try:  # NaN, a zero std or lower > upper: refused by the manifest check
+                lower, upper, mean, std = (float(stats[key]) for key in keys)
+            except (TypeError, ValueError) as exc:
+                raise EdgesegError(f"{where}: foreground_intensity_properties_per_channel "
+                                   f"channel {channel}: not a number ({exc})") from exc
+            out.append({"scheme": "ct", "lower": lower, "upper": upper, "mean": mean,
+                        "std": std})
         elif scheme == "ZScoreNormalization":
             entry: dict[str, Any] = {"scheme": "zscore"}
-            if masks[channel]:
+            if channel < len(masks) and masks[channel]:
                 # nnU-Net z-scores inside the nonzero mask when cropping shrank the image a lot.
                 entry["use_mask"] = True
             out.append(entry)
@@ -98,26 +104,34 @@ def labels_from_dataset(dataset: dict[str, Any]) -> dict[str, int]:
 
 
 def bundle_from_nnunet(results: NnunetResults, name: str | None = None) -> Bundle:
-    """The manifest (without model files) for an nnU-Net results folder."""
+    """The manifest (without model files) for an nnU-Net results folder, checked as the
+    runtime will check it (:func:`check_new_manifest`)."""
+    plans_path = results.folder / "plans.json"
+    lacking = [key for key in ("spacing", "patch_size") if key not in results.configuration]
+    if lacking:
+        raise EdgesegError(f"{plans_path}: configuration '{results.configuration_name}' lacks "
+                           f"{', '.join(lacking)}")
     normalization = normalization_from_plans(results)
     channels_raw = results.dataset.get("channel_names", results.dataset.get("modality", {}))
     channels = [str(channels_raw[k]) for k in sorted(channels_raw, key=int)]
     modality = "CT" if normalization[0]["scheme"] == "ct" else "MR"
-    transpose = [int(a) for a in results.plans.get("transpose_forward", [0, 1, 2])]
     dataset_name = results.plans.get("dataset_name", results.folder.parent.name)
-    return Bundle(
+    arch = results.configuration.get("architecture")  # checked when the network is built
+    resampling = results.configuration.get("resampling_fn_data_kwargs")
+    bundle = Bundle(
         name=name or f"{dataset_name}_{results.configuration_name}",
         modality=modality,
         channels=channels,
         labels=labels_from_dataset(results.dataset),
-        spacing_mm=[float(s) for s in results.configuration["spacing"]],
+        # Taken as they are: the manifest check below refuses wrong lengths and types.
+        spacing_mm=results.configuration["spacing"],
         normalization=normalization,
-        patch_size=[int(p) for p in results.configuration["patch_size"]],
+        patch_size=results.configuration["patch_size"],
         files={},
-        transpose_forward=transpose,
+        transpose_forward=results.plans.get("transpose_forward", [0, 1, 2]),
         resampling={
             "anisotropy_threshold": ANISOTROPY_THRESHOLD,
-            **{k: v for k, v in results.configuration.get("resampling_fn_data_kwargs", {}).items()
+            **{k: v for k, v in (resampling if isinstance(resampling, dict) else {}).items()
                if isinstance(v, (int, float, bool)) or v is None},
         },
         mirror_axes=list(results.mirror_axes),
@@ -135,9 +149,25 @@ def bundle_from_nnunet(results: NnunetResults, name: str | None = None) -> Bundl
                 for path, digest in zip(results.checkpoint_paths, results.checkpoint_sha256,
                                         strict=True)
             ],
-            "network_class": results.configuration["architecture"]["network_class_name"],
+            "network_class": arch.get("network_class_name") if isinstance(arch, dict) else None,
         },
     )
+    check_new_manifest(bundle, f"{plans_path} (with dataset.json, as the bundle's manifest)")
+    return bundle
+
+
+def check_new_manifest(bundle: Bundle, where: str) -> None:
+    """Check the manifest derived from the user's plans or spec file as ``load_bundle`` will.
+
+    Done before the export work, naming the source: otherwise a bad field (two spacings, a
+    gap in the label values, a zero std) surfaces as a traceback in preprocessing, or as an
+    error about the temporary bundle folder once the ONNX file is written. The spacing and
+    patch size come back as floats and ints, as the runtime reads them.
+    """
+    fields = check_manifest({**bundle.to_json(), "files": {"fp32": ONNX_NAME}}, where,
+                            FORMAT_VERSION, {"io_names": DEFAULT_IO_NAMES})
+    bundle.spacing_mm = [float(s) for s in fields["spacing_mm"]]
+    bundle.patch_size = [int(p) for p in fields["patch_size"]]
 
 
 def _tool_versions() -> dict[str, str]:
@@ -182,6 +212,58 @@ def source_paths_from_bundle(provenance: dict[str, Any], out: Path) -> dict[str,
     return relative
 
 
+def network_source(bundle: Bundle) -> str:
+    """The file or factory the network came from, to name it in error messages."""
+    provenance = bundle.provenance
+    for key in ("torchscript", "factory", "results_folder"):
+        if provenance.get(key):
+            return str(provenance[key])
+    return bundle.name
+
+
+def check_network_outputs(module: Any, inputs: Sequence[np.ndarray],
+                          bundle: Bundle) -> list[np.ndarray]:
+    """Run the PyTorch network once on the validation inputs; return its outputs.
+
+    A network that does not fit the manifest (another number of input channels or classes
+    than the spec or plans say, no presence input where one is declared, one output where two
+    are) otherwise fails inside the ONNX exporter, with an error about the temporary bundle
+    folder, or - a class count that differs - writes a bundle the runtime then refuses.
+    """
+    from export.onnx_export import torch_outputs
+
+    source = network_source(bundle)
+    shapes = " + ".join(f"({', '.join(map(str, x.shape))})" for x in inputs)
+    try:
+        outputs = torch_outputs(module, inputs)
+    except Exception as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        # TorchScript puts its interpreter's traceback first and the error itself last.
+        reason = lines[-1] if len(lines) > 1 and "TorchScript" in lines[0] else (
+            f"{type(exc).__name__}: {lines[0] if lines else ''}")
+        raise EdgesegError(
+            f"{source}: the network fails on the bundle's input {shapes} (channels, patch "
+            f"size, presence input as declared) ({reason})"
+        ) from exc
+    names = bundle.graph_outputs
+    if len(outputs) != len(names):
+        raise EdgesegError(f"{source}: the network returns {len(outputs)} output(s), the "
+                           f"bundle declares {len(names)} ({', '.join(names)}; see "
+                           "presence_output)")
+    logits = outputs[0]
+    want = (inputs[0].shape[0], bundle.num_classes, *inputs[0].shape[2:])
+    if logits.shape != want:
+        raise EdgesegError(
+            f"{source}: the network's logits have shape {tuple(logits.shape)} for input "
+            f"{shapes}; the bundle needs {want} ({bundle.num_classes} classes: the labels, "
+            "background included, on the input's grid)"
+        )
+    if len(outputs) > 1 and outputs[1].shape[-1] != len(bundle.presence_names):
+        raise EdgesegError(f"{source}: the presence head returns {outputs[1].shape[-1]} "
+                           f"values, the bundle has {len(bundle.presence_names)} organs")
+    return outputs
+
+
 def write_bundle(
     out: str | Path,
     bundle: Bundle,
@@ -222,6 +304,7 @@ def write_bundle(
         raise EdgesegError(
             f"validation inputs: got {len(validation_inputs)} arrays for inputs {input_names}"
         )
+    expected = check_network_outputs(module, validation_inputs, bundle)
     with atomic_dir(out) as tmp:
         graph = axiswise_instance_norm(module) if norm == "axiswise" else module
         onnx_path = export_onnx(graph, validation_inputs, tmp / ONNX_NAME, input_names,
@@ -229,7 +312,7 @@ def write_bundle(
         check_onnx(onnx_path)
         # Always against the untouched PyTorch module: the reference is the trained network.
         diffs, scales = compare_with_torch(module, onnx_path, validation_inputs, input_names,
-                                           output_names)
+                                           output_names, expected)
         for name, diff in diffs.items():
             limit = max_abs_diff * max(1.0, scales[name])
             if not np.isfinite(diff) or diff > limit:
@@ -278,8 +361,8 @@ def export_nnunet(
 
     check_output_folder(out)
     results = read_results(results_dir, folds, checkpoint_name, trust_checkpoint, configuration)
+    bundle = bundle_from_nnunet(results, name)  # plans and dataset errors before the build
     module = fold_ensemble(build_fold_networks(results))
-    bundle = bundle_from_nnunet(results, name)
     inputs, source = validation_inputs(bundle, images)
     return write_bundle(out, bundle, module, inputs, source, norm=norm)
 

@@ -166,9 +166,19 @@ def phantom_volume(bundle: Bundle, seed: int = 0) -> Volume:
 def validation_inputs(
     bundle: Bundle, images: Sequence[Path] | None = None, seed: int = 0
 ) -> tuple[list[np.ndarray], str]:
-    """One real preprocessed patch (the most textured window) for the export's ONNX check."""
+    """One real preprocessed patch (the most textured window) for the export's ONNX check,
+    from the first of ``images`` that reads (one damaged file does not stop the export; the
+    error names the first problem only when none reads)."""
     if images:
-        volume = read_images(images[:1], images[0].parent)[0][0]
+        problems = []
+        for path in images:
+            try:
+                volume = read_volume(path)
+                break
+            except EdgesegError as exc:
+                problems.append(str(exc))
+        else:
+            raise EdgesegError(f"{images[0].parent}: no readable images ({problems[0]})")
     else:
         volume = phantom_volume(bundle, seed)
     array = preprocessed_array(volume, bundle)

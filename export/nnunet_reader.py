@@ -59,7 +59,7 @@ class NnunetResults:
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EdgesegError(f"{path}: unreadable JSON ({exc})") from exc
     if not isinstance(data, dict):
         raise EdgesegError(f"{path}: expected a JSON object")
@@ -69,6 +69,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 def resolve_configuration(plans: dict[str, Any], name: str, where: Path) -> dict[str, Any]:
     """The configuration dict with ``inherits_from`` resolved (as nnU-Net's PlansManager)."""
     configurations = plans.get("configurations", {})
+    if not isinstance(configurations, dict):
+        raise EdgesegError(f"{where}: 'configurations' is not an object of name -> settings")
     chain: list[str] = []
     merged: dict[str, Any] = {}
     current: str | None = name
@@ -80,6 +82,8 @@ def resolve_configuration(plans: dict[str, Any], name: str, where: Path) -> dict
             )
         if current in chain:
             raise EdgesegError(f"{where}: circular 'inherits_from' chain {[*chain, current]}")
+        if not isinstance(configurations[current], dict):
+            raise EdgesegError(f"{where}: configuration '{current}' is not an object")
         chain.append(current)
         current = configurations[current].get("inherits_from")
     for link in reversed(chain):  # parent first, child keys override
@@ -100,6 +104,32 @@ def _parse_folds(folds: list[str]) -> list[str]:
     return parsed
 
 
+def check_dataset(dataset: dict[str, Any], where: Path) -> None:
+    """The entries of dataset.json the export reads: labels and input channels.
+
+    Checked when the folder is read, so that a hand-edited dataset.json is refused by name
+    instead of surfacing as a traceback in the manifest or as a weights mismatch (no channels
+    builds a network with 0 input channels, which the checkpoint then does not fit).
+    """
+    labels = dataset.get("labels")
+    if not isinstance(labels, dict) or not labels:
+        raise EdgesegError(f"{where}: 'labels' is not an object of label name -> value")
+    for name, value in labels.items():
+        if isinstance(value, (list, tuple)):
+            raise EdgesegError(f"{where}: region-based labels (lists of values) are not "
+                               "supported; edgeseg exports one softmax head per label")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise EdgesegError(f"{where}: labels: {name} = {value!r} is not an integer value")
+    channels = dataset.get("channel_names", dataset.get("modality"))
+    if not isinstance(channels, dict) or not channels:
+        what = "no 'channel_names' entry" if channels is None else "'channel_names' is not"
+        raise EdgesegError(f"{where}: {what} (an object of channel index -> name, e.g. "
+                           "{\"0\": \"CT\"})")
+    if any(not str(key).isdigit() for key in channels):
+        raise EdgesegError(f"{where}: channel_names: keys must be channel indices (\"0\", "
+                           f"\"1\", ...), not {sorted(channels)}")
+
+
 def _configuration_from_folder_name(folder: Path) -> str | None:
     parts = folder.name.split("__")
     return parts[2] if len(parts) == 3 else None
@@ -117,6 +147,8 @@ def read_results(
     ``checkpoint_name`` is a file name inside each ``fold_<k>/`` (``checkpoint_best.pth``...) or a
     path to one checkpoint file (single fold only).
     """
+    import torch
+
     folder = require_folder(folder, "nnU-Net results folder")
     for name in (PLANS_NAME, DATASET_NAME):
         if not (folder / name).is_file():
@@ -127,15 +159,26 @@ def read_results(
     dataset = _read_json(folder / DATASET_NAME)
     if "labels" not in dataset:
         raise EdgesegError(f"{folder / DATASET_NAME}: no 'labels' entry")
+    check_dataset(dataset, folder / DATASET_NAME)
     fold_list = _parse_folds(list(folds))
 
     explicit = Path(checkpoint_name)
     is_path = explicit.is_absolute() or "/" in checkpoint_name
+    if explicit.is_absolute() and len(fold_list) > 1:
+        # folder / fold_k / <absolute path> is that path for every k: one file, exported as
+        # an "ensemble" of identical folds.
+        raise EdgesegError(f"--checkpoint {checkpoint_name}: a checkpoint path goes with one "
+                           f"--fold (got {', '.join(fold_list)}); give a file name inside "
+                           "each fold_X/ to export several folds")
     if explicit.is_file() and len(fold_list) == 1 and is_path:
         paths = [explicit]
+    elif explicit.is_absolute():
+        raise EdgesegError(f"{explicit}: checkpoint file does not exist")
     else:
         paths = [folder / f"fold_{fold}" / checkpoint_name for fold in fold_list]
     for path in paths:
+        if not path.is_file() and is_path:
+            raise EdgesegError(f"{checkpoint_name}: checkpoint file does not exist (nor {path})")
         if not path.is_file():
             present = sorted(p.name for p in folder.glob("fold_*"))
             hint = f" (folds present: {', '.join(present)})" if present else " (no fold_* folders)"
@@ -148,10 +191,16 @@ def read_results(
         checkpoint = load_checkpoint(path, trust=trust_checkpoint)
         if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
             raise EdgesegError(f"{path}: not an nnU-Net checkpoint (no 'network_weights')")
+        weights = checkpoint["network_weights"]
+        if not isinstance(weights, dict) or not all(
+                isinstance(value, torch.Tensor) for value in weights.values()):
+            raise EdgesegError(f"{path}: 'network_weights' is not a state dict (parameter "
+                               "name -> tensor)")
         checkpoints.append(checkpoint)
 
     first = checkpoints[0]
-    init_args = first.get("init_args") or {}
+    init_args = first.get("init_args")
+    init_args = init_args if isinstance(init_args, dict) else {}
     name = (
         configuration
         or init_args.get("configuration")
@@ -168,7 +217,11 @@ def read_results(
             f"{folder / PLANS_NAME}: configuration '{name}' is a cascade stage; edgeseg exports "
             "single-stage configurations (3d_fullres, 3d_lowres, 2d) only"
         )
-    mirror = first.get("inference_allowed_mirroring_axes")
+    mirror = first.get("inference_allowed_mirroring_axes") or []
+    if not (isinstance(mirror, (list, tuple))
+            and all(isinstance(a, int) and 0 <= a <= 2 for a in mirror)):
+        raise EdgesegError(f"{paths[0]}: inference_allowed_mirroring_axes {mirror!r} is not a "
+                           "list of axes 0..2")
     return NnunetResults(
         folder=folder,
         plans=plans,
@@ -179,7 +232,7 @@ def read_results(
         checkpoint_paths=paths,
         checkpoints=checkpoints,
         trainer_name=str(first.get("trainer_name", "nnUNetTrainer")),
-        mirror_axes=[int(a) for a in mirror] if mirror else [],
+        mirror_axes=[int(a) for a in mirror],
     )
 
 

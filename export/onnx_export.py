@@ -186,10 +186,14 @@ def max_abs_difference(
 
 def compare_with_torch(
     module: Any, path: str | Path, inputs: Sequence[np.ndarray], input_names: Sequence[str],
-    output_names: Sequence[str],
+    output_names: Sequence[str], expected: Sequence[np.ndarray] | None = None,
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """Per output: largest |ONNX Runtime - PyTorch|, and largest |PyTorch| (the scale)."""
-    expected = torch_outputs(module, inputs)
+    """Per output: largest |ONNX Runtime - PyTorch|, and largest |PyTorch| (the scale).
+
+    ``expected``: the module's outputs on ``inputs`` if already computed (one forward less).
+    """
+    if expected is None:
+        expected = torch_outputs(module, inputs)
     got = onnxruntime_outputs(path, inputs, input_names)
     if len(expected) != len(got) or len(got) != len(output_names):
         raise EdgesegError(

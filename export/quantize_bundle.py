@@ -154,6 +154,21 @@ def distilled_student(
     return path, {**report, "source_max_abs_diff": match}
 
 
+def check_fp32_model(bundle: Bundle) -> None:
+    """Refuse a damaged fp32 model by its path in the bundle before the work starts; found
+    later, the error would name its copy in the temporary work folder, removed by then."""
+    import onnx
+
+    path = bundle.model_path("fp32")
+    try:
+        onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        reason = lines[0] if lines else type(exc).__name__
+        raise EdgesegError(
+            f"{path}: the fp32 model is not a readable ONNX file ({reason})") from exc
+
+
 def quantize_bundle(
     bundle_dir: str | Path,
     calib: str | Path,
@@ -180,9 +195,17 @@ def quantize_bundle(
     for backend in backends:
         if backend not in BACKENDS:
             raise EdgesegError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
+    # No backend would rewrite the report and calibration set with nothing quantised.
+    backends = list(dict.fromkeys(backends))
+    if not backends:
+        raise EdgesegError(f"--backend: give one or more of {', '.join(BACKENDS)}")
+    check_fp32_model(bundle)
     calib_paths, holdout_paths, split_note = split_images(calib, holdout)
     calib_volumes, calib_problems = read_images(calib_paths, calib)
-    holdout_volumes, holdout_problems = read_images(holdout_paths, holdout or calib)
+    # Without --holdout the held-out images are the folder's last ones: say so when none of
+    # them reads, rather than that the folder has no readable image.
+    held_out = holdout or f"{calib} (held out: the last {len(holdout_paths)} of its images)"
+    holdout_volumes, holdout_problems = read_images(holdout_paths, held_out)
     for problem in calib_problems + holdout_problems:
         log(f"skipped: {problem}")
     patches = patch_set(calib_volumes, bundle, patches_per_image)

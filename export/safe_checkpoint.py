@@ -11,6 +11,8 @@ the risk, unless the user passes ``--trust-checkpoint``.
 from __future__ import annotations
 
 import hashlib
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -68,13 +70,16 @@ def load_checkpoint(path: str | Path, trust: bool = False) -> Any:
     path = Path(path)
     if not path.is_file():
         raise EdgesegError(f"{path}: checkpoint file does not exist")
+    _check_container(path)
     if trust:
         try:
             return torch.load(path, map_location="cpu", weights_only=False)
         except Exception as exc:
             raise EdgesegError(f"{path}: cannot read checkpoint ({_first_line(exc)})") from exc
     try:
-        with torch.serialization.safe_globals(_numpy_allow_list()):
+        with torch.serialization.safe_globals(_numpy_allow_list()), warnings.catch_warnings():
+            # torch warns (two lines on stderr) about pickle protocols it did not write.
+            warnings.simplefilter("ignore", UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         refused = _refused_globals(path)
@@ -84,8 +89,30 @@ def load_checkpoint(path: str | Path, trust: bool = False) -> Any:
             "loading it could run arbitrary code from the file. If you trust its source, "
             "re-run with --trust-checkpoint"
         ) from exc
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+    except (RuntimeError, OSError, EOFError, ValueError, KeyError) as exc:
         raise EdgesegError(f"{path}: cannot read checkpoint ({_first_line(exc)})") from exc
+
+
+def _check_container(path: Path) -> None:
+    """Refuse a file that is no ``torch.save`` output before unpickling it.
+
+    ``torch.save`` writes a zip archive (``PK``) or, in the legacy format, a pickle (which
+    starts with the PROTO opcode 0x80). Anything else reaches the weights-only unpickler as
+    garbage, which reports it as objects outside the allow-list - and the advice to re-run
+    with ``--trust-checkpoint`` is then wrong. A truncated archive (an interrupted copy or
+    download) lacks the zip directory at its end and gets its own message too.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if not head:
+        raise EdgesegError(f"{path}: checkpoint file is empty")
+    if head == b"PK\x03\x04":
+        if not zipfile.is_zipfile(path):
+            raise EdgesegError(f"{path}: checkpoint is truncated or damaged (its zip archive "
+                               "has no central directory; copy or download it again)")
+    elif not head.startswith(b"\x80"):
+        raise EdgesegError(f"{path}: not a PyTorch checkpoint (neither a torch.save zip "
+                           "archive nor a pickle)")
 
 
 def _refused_globals(path: Path) -> list[str]:

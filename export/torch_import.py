@@ -28,13 +28,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edge_seg.bundle import Bundle
+from edge_seg.bundle import DEFAULT_IO_NAMES, FORMAT_VERSION, Bundle
+from edge_seg.bundle_checks import check_manifest
 from edge_seg.errors import EdgesegError
 from evaluator.labels import canonical_organ_name
 from export.safe_checkpoint import load_checkpoint, sha256_of
 
 REQUIRED_SPEC_KEYS = ("modality", "channels", "labels", "spacing_mm", "normalization", "patch_size")
-NORMALIZATION_KEYS = {"ct": ("lower", "upper", "mean", "std"), "zscore": (), "none": ()}
+#: Optional spec keys; any other key is refused (a misspelt "presence_inputs" would otherwise
+#: export a bundle without the presence input, silently).
+OPTIONAL_SPEC_KEYS = ("name", "presence_input", "presence_output", "factory_kwargs",
+                      "transpose_forward", "mirror_axes")
 STATE_DICT_KEYS = ("state_dict", "network_weights", "model", "model_state_dict")
 
 
@@ -45,44 +49,41 @@ def read_spec(path: str | Path) -> dict[str, Any]:
         raise EdgesegError(f"{path}: spec file does not exist")
     try:
         spec = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EdgesegError(f"{path}: unreadable spec file ({exc})") from exc
     if not isinstance(spec, dict):
         raise EdgesegError(f"{path}: spec must be a JSON object")
     missing = [key for key in REQUIRED_SPEC_KEYS if key not in spec]
     if missing:
         raise EdgesegError(f"{path}: spec lacks {', '.join(missing)}")
-    if spec["modality"] not in ("CT", "MR"):
-        raise EdgesegError(f"{path}: modality must be 'CT' or 'MR', not {spec['modality']!r}")
-    if len(spec["spacing_mm"]) != 3 or len(spec["patch_size"]) != 3:
-        raise EdgesegError(f"{path}: spacing_mm and patch_size need 3 entries (z, y, x)")
-    if len(spec["normalization"]) != len(spec["channels"]):
-        raise EdgesegError(f"{path}: one normalization entry per channel is needed")
-    for entry in spec["normalization"]:
-        scheme = entry.get("scheme")
-        if scheme not in NORMALIZATION_KEYS:
-            raise EdgesegError(
-                f"{path}: normalization scheme {scheme!r} unknown (ct, zscore, none)"
-            )
-        lacking = [k for k in NORMALIZATION_KEYS[scheme] if k not in entry]
-        if lacking:
-            raise EdgesegError(f"{path}: '{scheme}' normalization lacks {', '.join(lacking)}")
-    if 0 not in spec["labels"].values():
-        raise EdgesegError(f"{path}: labels need a background entry with value 0")
+    unknown = [key for key in spec if key not in (*REQUIRED_SPEC_KEYS, *OPTIONAL_SPEC_KEYS)]
+    if unknown:
+        raise EdgesegError(f"{path}: unknown spec key(s) {', '.join(map(repr, unknown))} "
+                           f"(known: {', '.join((*REQUIRED_SPEC_KEYS, *OPTIONAL_SPEC_KEYS))})")
+    if not isinstance(spec.get("factory_kwargs", {}), dict):
+        raise EdgesegError(f"{path}: factory_kwargs is not an object of argument -> value")
+    # The manifest's own check (types, lengths, label values 0..N-1, one normalisation per
+    # channel, presence organs among the labels) on the labels as the bundle will name them,
+    # naming the spec: without it a wrong type is a traceback, and a gap in the label values
+    # is refused only after the export, naming the temporary bundle folder.
+    labels = _bundle_labels(spec["labels"]) if isinstance(spec["labels"], dict) else None
+    if labels is not None and len(labels) != len(spec["labels"]):
+        raise EdgesegError(f"{path}: labels: two names spell the same organ "
+                           f"({', '.join(spec['labels'])})")
+    check_manifest({**spec, "labels": labels if labels is not None else spec["labels"],
+                    "name": spec.get("name", "torch_model"), "files": {"fp32": "model.onnx"},
+                    "format_version": FORMAT_VERSION},
+                   str(path), FORMAT_VERSION, {"io_names": DEFAULT_IO_NAMES})
     return spec
 
 
 def bundle_from_spec(spec: dict[str, Any], source: dict[str, Any], name: str | None) -> Bundle:
-    """The manifest (without model files) described by a spec file."""
-    labels = {
-        ("background" if int(v) == 0 else canonical_organ_name(str(k))): int(v)
-        for k, v in spec["labels"].items()
-    }
+    """The manifest (without model files) described by a spec file (checked by read_spec)."""
     return Bundle(
         name=name or spec.get("name", "torch_model"),
         modality=spec["modality"],
         channels=[str(c) for c in spec["channels"]],
-        labels=labels,
+        labels={k: int(v) for k, v in _bundle_labels(spec["labels"]).items()},
         spacing_mm=[float(s) for s in spec["spacing_mm"]],
         normalization=[dict(n) for n in spec["normalization"]],
         patch_size=[int(p) for p in spec["patch_size"]],
@@ -95,6 +96,13 @@ def bundle_from_spec(spec: dict[str, Any], source: dict[str, Any], name: str | N
     )
 
 
+def _bundle_labels(labels: dict[str, Any]) -> dict[str, Any]:
+    """The spec's labels as the bundle names them: value 0 is "background", organ names in
+    the canonical (FLARE/TotalSegmentator) spelling; values as given."""
+    return {("background" if v == 0 and not isinstance(v, bool) else
+             canonical_organ_name(str(k))): v for k, v in labels.items()}
+
+
 def _import_factory(factory: str) -> Any:
     if ":" not in factory:
         raise EdgesegError(f"{factory}: expected 'package.module:function'")
@@ -103,10 +111,16 @@ def _import_factory(factory: str) -> Any:
     cwd = str(Path.cwd())
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
+    if not module_name or not attr:
+        raise EdgesegError(f"{factory}: expected 'package.module:function'")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise EdgesegError(f"{factory}: cannot import module '{module_name}' ({exc})") from exc
+    except Exception as exc:  # the user's module itself fails: a syntax error, a raise
+        where = f" at {exc.filename}:{exc.lineno}" if isinstance(exc, SyntaxError) else ""
+        raise EdgesegError(f"{factory}: importing module '{module_name}' failed"
+                           f"{where} ({type(exc).__name__}: {_first_line(exc)})") from exc
     target: Any = module
     for part in attr.split("."):
         target = getattr(target, part, None)
@@ -143,7 +157,7 @@ def load_factory_network(
     try:
         module = build(**spec.get("factory_kwargs", {}))
     except Exception as exc:
-        raise EdgesegError(f"{factory}: factory call failed ({exc})") from exc
+        raise EdgesegError(f"{factory}: factory call failed ({_first_line(exc)})") from exc
     if not isinstance(module, torch.nn.Module):
         raise EdgesegError(f"{factory}: returned {type(module).__name__}, not a torch.nn.Module")
     state = _state_dict_in(load_checkpoint(weights, trust=trust_checkpoint), weights)
@@ -171,8 +185,14 @@ def load_torchscript(path: str | Path) -> tuple[Any, dict[str, Any]]:
     try:
         module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = _first_line(exc)
         raise EdgesegError(f"{path}: not a TorchScript archive ({reason})") from exc
     source = {"torchscript": str(path.resolve()),
               "checkpoints": [{"path": str(path.resolve()), "sha256": sha256_of(path)}]}
     return module.eval(), source
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (errors are one line)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
