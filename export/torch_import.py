@@ -12,7 +12,7 @@ Either way a small JSON spec file supplies what the bundle needs and the network
 .. code-block:: json
 
     {"name": "my_unet", "modality": "CT", "channels": ["CT"],
-     "labels": {"background": 0, "liver": 1, "spleen": 3},
+     "labels": {"background": 0, "liver": 1, "spleen": 2},
      "spacing_mm": [2.5, 1.5, 1.5], "patch_size": [64, 128, 128],
      "normalization": [{"scheme": "ct", "lower": -958, "upper": 327, "mean": 82.9, "std": 136.9}],
      "presence_input": null, "presence_output": false, "factory_kwargs": {}}
