@@ -353,15 +353,27 @@ def export_nnunet(
     images: Sequence[Path] | None = None,
     trust_checkpoint: bool = False,
     norm: str = "native",
+    postprocessing: str | Path | None = None,
 ) -> Bundle:
-    """``edgeseg export nnunet``: results folder -> bundle (ensemble of folds when several)."""
+    """``edgeseg export nnunet``: results folder -> bundle (ensemble of folds when several).
+
+    ``postprocessing``: nnU-Net's ``postprocessing.json`` (or ``.pkl``) from its model
+    selection; its largest-component steps become the bundle's ``largest_component_groups``.
+    """
     from export.calibration import validation_inputs
+    from export.nnunet_postprocessing import read_postprocessing
     from export.nnunet_reader import build_fold_networks, read_results
     from export.onnx_export import fold_ensemble
+    from export.safe_checkpoint import sha256_of
 
     check_output_folder(out)
     results = read_results(results_dir, folds, checkpoint_name, trust_checkpoint, configuration)
     bundle = bundle_from_nnunet(results, name)  # plans and dataset errors before the build
+    if postprocessing is not None:
+        path = Path(postprocessing)
+        bundle.largest_component_groups = read_postprocessing(path, bundle.labels)
+        bundle.provenance["postprocessing"] = {"path": str(path.resolve()),
+                                               "sha256": sha256_of(path)}
     module = fold_ensemble(build_fold_networks(results))
     inputs, source = validation_inputs(bundle, images)
     return write_bundle(out, bundle, module, inputs, source, norm=norm)

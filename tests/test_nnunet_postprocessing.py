@@ -200,3 +200,37 @@ def test_bad_postprocessing_json_is_refused(tmp_path, data, message) -> None:
     path.write_text(json.dumps(data))
     with pytest.raises(EdgesegError, match=message):
         read_postprocessing(path, FLARE_LIKE)
+
+
+def test_export_nnunet_carries_the_postprocessing(tmp_path, capsys) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("dynamic_network_architectures")
+    from export_fixtures import make_results_folder, run_cli
+
+    results = make_results_folder(tmp_path / "nnUNet_results", seed=3)
+    pkl, _ = _nnunet_files(results / "crossval_results_folds_0_1_2_3_4", [[1, 2, 3], 2])
+
+    code, _, err = run_cli(["export", "nnunet", str(results), "-o", str(tmp_path / "plain")],
+                           capsys)
+    assert code == 0, err
+    assert f"note: {pkl.with_suffix('.json')} holds nnU-Net's post-processing" in err
+    assert load_bundle(tmp_path / "plain").largest_component_groups is None
+
+    code, out, err = run_cli(["export", "nnunet", str(results), "-o", str(tmp_path / "pp"),
+                              "--postprocessing", str(pkl)], capsys)
+    assert code == 0, err
+    assert "largest component of liver + kidney_right + spleen; kidney_right" in out
+    bundle = load_bundle(tmp_path / "pp")
+    assert bundle.largest_component_groups == [["liver", "kidney_right", "spleen"],
+                                               ["kidney_right"]]
+    assert len(bundle.provenance["postprocessing"]["sha256"]) == 64
+
+    bad = tmp_path / "postprocessing.json"
+    bad.write_text(json.dumps({"postprocessing_fns": [
+        "remove_all_but_largest_component_from_segmentation"],
+        "postprocessing_kwargs": [{"labels_or_regions": 9}]}))
+    code, _, err = run_cli(["export", "nnunet", str(results), "-o", str(tmp_path / "bad"),
+                            "--postprocessing", str(bad)], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "step 0: label 9 is not a foreground label of the model" in err
+    assert not (tmp_path / "bad").exists()

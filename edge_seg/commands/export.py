@@ -90,14 +90,29 @@ def register(app: typer.Typer) -> None:
             "OpenVINO); axiswise: reduce one axis at a time (ONNX Runtime within ~1e-5 of "
             "PyTorch, for ONNX Runtime deployments; ~2x slower on OpenVINO)."
         ),
+        postprocessing: Path | None = typer.Option(
+            None, "--postprocessing", help="nnU-Net's postprocessing.json (or .pkl) from "
+            "nnUNetv2_find_best_configuration: predict then keeps the largest components as "
+            "nnU-Net determined, instead of the largest component of every organ."
+        ),
     ) -> None:
         """Export an nnU-Net v2 model (plans + dataset + checkpoint) to a bundle."""
         _require_torch()
         from export.bundle_writer import export_nnunet
+        from export.nnunet_postprocessing import find_postprocessing
 
         bundle = export_nnunet(results_dir, output, _folds(fold), checkpoint, configuration,
-                               name, _images(images), trust_checkpoint, onnx_norm)
+                               name, _images(images), trust_checkpoint, onnx_norm,
+                               postprocessing)
         typer.echo(_summary(bundle))
+        if postprocessing is not None:
+            groups = bundle.largest_component_groups or []
+            typer.echo(f"post-processing from {postprocessing}: largest component of "
+                       + ("; ".join(" + ".join(group) for group in groups) or "nothing"))
+        elif found := find_postprocessing(results_dir):
+            typer.echo(f"note: {found[0]} holds nnU-Net's post-processing for this model; "
+                       "without --postprocessing predict keeps the largest component of "
+                       "every organ", err=True)
 
     @export_app.command("torch")
     def torch_(
