@@ -78,6 +78,18 @@ def main(argv: list[str] | None = None) -> None:
         fail(_os_error_line(exc))
     except KeyboardInterrupt:
         fail("interrupted", 130)
+    except SystemExit as exc:
+        if _interrupted_by_typer(exc):
+            fail("interrupted", 130)
+        raise
+
+
+def _interrupted_by_typer(exc: SystemExit) -> bool:
+    """Whether typer turned a Ctrl-C into this exit: it raises ``Exit(130)`` from the
+    KeyboardInterrupt and exits with that code, without a word, before :func:`main` sees it."""
+    context = exc.__context__
+    return exc.code == 130 and context is not None and isinstance(
+        context.__cause__, KeyboardInterrupt)
 
 
 def run() -> None:

@@ -276,3 +276,18 @@ def test_unwritable_output_path_is_a_one_line_error(tmp_path: Path) -> None:
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("edgeseg: error:"), result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
+
+
+def test_ctrl_c_gives_one_line_and_exit_130(tmp_path, monkeypatch, capsys) -> None:
+    # typer turns KeyboardInterrupt into a silent exit 130; the CLI says what happened.
+    import edge_seg.synth.writer as writer
+    from edge_seg.cli import main
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writer, "write_dataset", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["synth", str(tmp_path / "out"), "--cases", "1", "-q"])
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err == "edgeseg: error: interrupted\n"
