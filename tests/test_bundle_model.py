@@ -158,3 +158,16 @@ def test_bundles_that_agree_still_run_on_both_backends(tmp_path: Path) -> None:
         )
         assert prediction.presence is not None and prediction.presence["liver"] > 0.5
         assert np.isin(prediction.labels, [0, 1, 2, 3]).all()
+
+
+def test_a_damaged_openvino_model_is_refused_with_the_reason(tmp_path: Path) -> None:
+    # OpenVINO's message starts with source locations; the reason comes after them.
+    bundle = make_bundle(tmp_path / "b", int8=True, validated=("fp32", "int8"))
+    manifest = json.loads((bundle / "edgeseg.json").read_text())
+    xml = bundle / manifest["files"]["int8_openvino"]
+    xml.write_bytes(xml.read_bytes()[:300])
+    with pytest.raises(EdgesegError) as caught:
+        Predictor(bundle, PredictOptions(backend="openvino", precision="int8"))
+    message = str(caught.value)
+    assert message.startswith(f"{xml}: OpenVINO cannot load the model (")
+    assert "mismatch" in message and "Exception from" not in message and "\n" not in message

@@ -266,5 +266,14 @@ def _ports(ports) -> list[Port]:
 
 
 def _short(exc: BaseException) -> str:
+    """The reason in an OpenVINO exception, without the source locations around it.
+
+    OpenVINO's messages start with ``Exception from src/...cpp:84:`` and ``Check '...'
+    failed at src/...:219:`` lines and say what is wrong only after them ("Start-end tags
+    mismatch at offset 299"); those come first, then the rest as a fallback.
+    """
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0][:200] if lines else type(exc).__name__
+    located = ("Exception from ", "Check '")
+    reasons = [line for line in lines if not line.startswith(located)]
+    chosen = "; ".join(reasons) if reasons else (lines[0] if lines else type(exc).__name__)
+    return chosen[:200]
