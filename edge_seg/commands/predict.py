@@ -86,11 +86,17 @@ def predict(
     workers: int = typer.Option(
         1, "--workers", min=1, help="Cases segmented in parallel (batch mode)."
     ),
+    shard: str | None = typer.Option(
+        None, "--shard", metavar="K/N",
+        help="Segment only part K of N of the folder's cases (batch mode; one part per "
+        "machine or cluster job, all writing to the same OUT_DIR).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors."),
 ) -> None:
     """Segment abdominal organs in a CT/MR scan with a model bundle, on the CPU."""
-    from edge_seg.batch import folder_kind, survey_folder
+    from edge_seg.batch import case_name, folder_kind, survey_folder
     from edge_seg.options import PredictOptions
+    from edge_seg.shards import parse_shard, select
 
     options = PredictOptions(
         backend=backend,
@@ -105,9 +111,12 @@ def predict(
         threads=threads,
         streams=streams,
     )
+    part = parse_shard(shard) if shard is not None else None
     if not input_path.exists():
         raise EdgesegError(f"{input_path}: no such file or folder")
     kind = folder_kind(input_path) if input_path.is_dir() else None
+    if part is not None and kind != "batch":
+        raise EdgesegError(f"{input_path}: --shard splits a folder of scans; this is one scan")
     if kind == "none":
         raise EdgesegError(
             f"{input_path}: folder holds no scans (no NIfTI, MHA/MHD or NRRD files, no DICOM "
@@ -125,7 +134,15 @@ def predict(
             typer.echo(
                 f"note: {input_path}: skipped sub-folders without DICOM files: {names}", err=True
             )
-        _run_batch(found.scans, target, model, options, workers, preview, quiet)
+        scans = found.scans
+        if part is not None:
+            scans = select(scans, part, case_name)
+            if not quiet:
+                typer.echo(f"shard {part}: {len(scans)} of the {len(found.scans)} scans in "
+                           f"{input_path}", err=True)
+            if not scans:
+                return  # more shards than scans: this part has nothing to do
+        _run_batch(scans, target, model, options, workers, preview, quiet)
         return
     if out_dir is not None and output is not None:
         raise EdgesegError("give the output either as -o or as a second argument, not both")
