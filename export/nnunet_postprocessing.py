@@ -10,8 +10,9 @@ them on predictions. Every step is ``remove_all_but_largest_component_from_segme
 them into the bundle's ``largest_component_groups`` (organ names, in nnU-Net's order), which
 ``edgeseg predict`` runs in place of its default largest component per organ.
 
-The ``.pkl`` is read with an unpickler that knows only that one function, by name, and plain
-Python values: a pickle can run code, and this one never needs to.
+The ``.pkl`` is read with an unpickler that knows only that one function, by name, plain
+Python values and NumPy integer scalars (nnU-Net's label lists hold ``np.int64``): a pickle can
+run code, and this one never needs to.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edge_seg.errors import EdgesegError
 
 #: The only post-processing function nnU-Net v2 determines.
@@ -31,16 +34,42 @@ STEP_NAME = "remove_all_but_largest_component_from_segmentation"
 CROSSVAL_GLOB = "crossval_results_folds_*/postprocessing.json"
 
 
+def _integer_dtype(name: Any, align: Any = False, copy: Any = False) -> np.dtype:
+    """``numpy.dtype`` for the unpickler, integer types only."""
+    dtype = np.dtype(name)
+    if dtype.kind not in "iu":
+        raise pickle.UnpicklingError(f"a NumPy {dtype} value, not a label")
+    return np.dtype(name, align, copy)
+
+
+def _integer_scalar(dtype: Any, data: Any = b"") -> int:
+    """``numpy.core.multiarray.scalar`` for the unpickler: a NumPy integer, as a Python int."""
+    if not (isinstance(dtype, np.dtype) and dtype.kind in "iu" and isinstance(data, bytes)
+            and len(data) == dtype.itemsize):
+        raise pickle.UnpicklingError("a NumPy scalar that is not an integer label")
+    return int(np.frombuffer(data, dtype)[0])
+
+
+#: The globals a postprocessing.pkl may name, and what the unpickler returns for them.
+_ALLOWED = {
+    (STEP_MODULE, STEP_NAME): STEP_NAME,
+    ("numpy", "dtype"): _integer_dtype,
+    ("numpy.core.multiarray", "scalar"): _integer_scalar,  # NumPy < 2
+    ("numpy._core.multiarray", "scalar"): _integer_scalar,
+}
+
+
 class _StepOnlyUnpickler(pickle.Unpickler):
-    """Unpickles plain values and nnU-Net's component step (as its name); refuses the rest."""
+    """Unpickles plain values, NumPy integers and nnU-Net's component step (as its name);
+    refuses the rest."""
 
     def __init__(self, handle: Any, path: Path) -> None:
         super().__init__(handle)
         self.path = path
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) == (STEP_MODULE, STEP_NAME):
-            return STEP_NAME
+        if (module, name) in _ALLOWED:
+            return _ALLOWED[module, name]
         raise EdgesegError(
             f"{self.path}: holds {module}.{name}, not only nnU-Net's post-processing step; "
             "unpickling it could run code, so it is not loaded (pass the postprocessing.json "

@@ -132,13 +132,21 @@ def _nnunet_files(folder: Path, steps: list) -> tuple[Path, Path]:
     """postprocessing.pkl and .json as nnU-Net v2's determine_postprocessing saves them."""
     module = pytest.importorskip("nnunetv2.postprocessing.remove_connected_components")
     from batchgenerators.utilities.file_and_folder_operations import save_json, save_pickle
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
     folder.mkdir(parents=True, exist_ok=True)
     functions = [module.remove_all_but_largest_component_from_segmentation] * len(steps)
-    kwargs = [{"labels_or_regions": step} for step in steps]
+    # nnU-Net's labels are NumPy integers (np.unique in LabelManager), pickled as such; its
+    # JSON export turns them into plain numbers.
+    labels = LabelManager(FLARE_LIKE, None).foreground_labels
+    assert all(type(v).__module__ == "numpy" for v in labels)
+    by_value = {int(v): v for v in labels}
+    kwargs = [{"labels_or_regions": [by_value[v] for v in step] if isinstance(step, list)
+               else by_value[step]} for step in steps]
     save_pickle((functions, kwargs), str(folder / "postprocessing.pkl"))
+    plain = [{"labels_or_regions": step} for step in steps]
     save_json({"postprocessing_fns": [f.__name__ for f in functions],
-               "postprocessing_kwargs": kwargs}, str(folder / "postprocessing.json"))
+               "postprocessing_kwargs": plain}, str(folder / "postprocessing.json"))
     return folder / "postprocessing.pkl", folder / "postprocessing.json"
 
 
@@ -234,3 +242,14 @@ def test_export_nnunet_carries_the_postprocessing(tmp_path, capsys) -> None:
     assert code == 2 and err.count("\n") == 1
     assert "step 0: label 9 is not a foreground label of the model" in err
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_pickle_with_a_float_label_is_refused(tmp_path) -> None:
+    import pickle
+
+    from export.nnunet_postprocessing import read_postprocessing
+
+    path = tmp_path / "postprocessing.pkl"
+    path.write_bytes(pickle.dumps((["x"], [{"labels_or_regions": np.float64(1.0)}])))
+    with pytest.raises(EdgesegError, match="a NumPy float64 value, not a label"):
+        read_postprocessing(path, FLARE_LIKE)
