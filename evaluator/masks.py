@@ -10,12 +10,15 @@ not read. An organ of the label set without a mask file counts as not segmented,
 value missing from a label map does; ``--organ`` restricts a run to the organs a
 ``--roi_subset`` run did write.
 
-A voxel in two organs' masks is refused rather than given to one of them, since either choice
-would change both organs' scores without a word.
+Masks may overlap: TotalSegmentator's ``total`` task combines several networks (the aorta and
+the vena cava come from another one than the liver), and its dataset's masks overlap too. A
+voxel in two masks goes to the structure TotalSegmentator's class map lists later, as in the
+label map its ``--ml`` option writes, and the case gets a note with the voxel counts.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +71,15 @@ def is_mask_folder(folder: Path) -> bool:
         return folder.is_dir()
 
 
-def read_mask_folder(folder: Path, labels: LabelSet) -> LabelVolume:
+def _precedence(labels: LabelSet) -> list[str]:
+    """The label set's organs in the order they are written: TotalSegmentator's class order
+    (a later class wins a shared voxel, as in its ``--ml`` output), then the others."""
+    ts_value = {o: r[0] for o, r in PRESETS["totalsegmentator"].ranges.items()}
+    return sorted(labels.organs, key=lambda o: (o not in ts_value, ts_value.get(o, 0)))
+
+
+def read_mask_folder(folder: Path, labels: LabelSet,
+                     organs: Collection[str] | None = None) -> LabelVolume:
     """The label map a mask folder stands for, in the values of ``labels``.
 
     Parameters
@@ -78,17 +89,20 @@ def read_mask_folder(folder: Path, labels: LabelSet) -> LabelVolume:
     labels : LabelSet
         The label set the map is written in: organ ``o`` gets
         ``labels.representative_value(o)`` wherever its mask is non-zero.
+    organs : collection of str, optional
+        Only these organs of ``labels`` are read (the ones a run scores); default all.
 
     Returns
     -------
     LabelVolume
-        On the masks' common grid; ``path`` is ``folder``.
+        On the masks' common grid; ``path`` is ``folder``; ``notes`` counts the voxels that
+        two masks share, each given to the organ TotalSegmentator lists later.
 
     Raises
     ------
     EvaluationError
-        If no organ of ``labels`` has a mask, a mask is unreadable or not a label map, two
-        masks lie on different grids, or two masks share a voxel.
+        If no organ of ``labels`` has a mask, a mask is unreadable or not a label map, or two
+        masks lie on different grids.
 
     Examples
     --------
@@ -96,35 +110,37 @@ def read_mask_folder(folder: Path, labels: LabelSet) -> LabelVolume:
     >>> volume = read_mask_folder(Path("ts_out/case_001"), PRESETS["flare"])  # doctest: +SKIP
     """
     found = mask_files(folder)
-    files = {organ: found[organ] for organ in labels.organs if organ in found}
-    if not files:
+    available = [o for o in _precedence(labels) if o in found]
+    if not available:
         raise EvaluationError(
             f"{folder}: no mask of an organ of label set {labels.name!r} (expected files such "
             f"as {', '.join(f'{o}.nii.gz' for o in labels.organs[:3])})"
         )
-    merged: np.ndarray | None = None
-    reference: LabelVolume | None = None
-    by_value = {labels.representative_value(o): o for o in files}
-    for organ, path in files.items():
-        volume = read_label_file(path)
-        if reference is None:
-            reference = volume
-            dtype = np.uint8 if max(by_value) <= 255 else np.uint16
-            merged = np.zeros(volume.array.shape, dtype)
-        else:
-            problem = same_geometry(reference, volume, check_position=True)
-            if problem:
-                raise EvaluationError(f"{path}: not on the grid of the mask "
-                                      f"{reference.path.name}: "
-                                      f"{problem.replace('ground truth', 'that mask')}")
-        assert merged is not None
+    wanted = [o for o in available if organs is None or o in organs]
+    # The grid comes from a mask even when no wanted organ has one (it is then not segmented).
+    reference = read_label_file(found[(wanted or available)[0]])
+    values = [labels.representative_value(o) for o in wanted] or [0]
+    merged = np.zeros(reference.array.shape, np.uint8 if max(values) <= 255 else np.uint16)
+    owner = {labels.representative_value(o): o for o in wanted}
+    shared: dict[tuple[str, str], int] = {}
+    for organ in wanted:
+        path = found[organ]
+        volume = reference if path == reference.path else read_label_file(path)
+        problem = same_geometry(reference, volume, check_position=True)
+        if problem:
+            raise EvaluationError(f"{path}: not on the grid of the mask {reference.path.name}: "
+                                  f"{problem.replace('ground truth', 'that mask')}")
         inside = volume.array != 0
-        taken = merged[inside]
-        if taken.any():
-            other = files[by_value[int(taken[taken != 0][0])]]
-            raise EvaluationError(f"{path}: {int(np.count_nonzero(taken))} voxel(s) also in the "
-                                  f"mask {other.name}; masks must not overlap")
+        earlier = merged[inside]
+        for value, count in zip(*np.unique(earlier[earlier != 0], return_counts=True),
+                                strict=True):
+            shared[owner[int(value)], organ] = int(count)
         merged[inside] = labels.representative_value(organ)
-    assert reference is not None and merged is not None
+    notes = []
+    if shared:
+        pairs = "; ".join(f"{a} and {b}: {n}" for (a, b), n in list(shared.items())[:4])
+        more = f"; {len(shared) - 4} more pairs" if len(shared) > 4 else ""
+        notes.append(f"{folder}: {sum(shared.values())} voxel(s) lie in two masks ({pairs}{more}); "
+                     "each went to the second organ named, as in TotalSegmentator's --ml map")
     return LabelVolume(array=merged, spacing_mm=reference.spacing_mm, origin=reference.origin,
-                       direction=reference.direction, path=folder)
+                       direction=reference.direction, path=folder, notes=notes)

@@ -83,7 +83,8 @@ class EvaluationResult:
     ignored_predictions: int
     #: Case ids of the predictions without ground truth (not scored), sorted.
     unscored_predictions: list[str] = field(default_factory=list)
-    #: Run-level warnings, one line each (ground-truth structures left unscored).
+    #: Run-level warnings, one line each (ground-truth structures left unscored, voxels two
+    #: masks of a mask folder share).
     warnings: list[str] = field(default_factory=list)
 
 
@@ -103,6 +104,7 @@ class _CaseJob:
 class _CaseOutcome:
     rows: list[OrganScore]
     failure: CaseFailure | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 def detect_format(gt_root: Path, presence_csv: Path | None) -> str:
@@ -339,7 +341,7 @@ def score_job(job: _CaseJob) -> _CaseOutcome:
         return _score_presence_only(job)
     assert job.gt_labels is not None
     try:
-        gt_volume = load_volume(spec.gt, job.gt_labels)
+        gt_volume = load_volume(spec.gt, job.gt_labels, job.organ_ids)
         gt = to_evaluation_labels(gt_volume.array, job.gt_labels, job.organ_ids,
                                   describe(spec.gt))
     except EvaluationError as exc:
@@ -350,10 +352,12 @@ def score_job(job: _CaseJob) -> _CaseOutcome:
         return worst_case_rows(spec.case_id, gt, gt_volume.spacing_mm, job.organ_ids,
                                job.protocol, status, gt_label_values=gt_values)
 
+    notes = list(gt_volume.notes)
     if spec.pred is None:
-        return _CaseOutcome(worst("missing_prediction"))
+        return _CaseOutcome(worst("missing_prediction"), notes=notes)
     try:
-        pred_volume = load_volume(spec.pred, job.pred_labels)
+        pred_volume = load_volume(spec.pred, job.pred_labels, job.organ_ids)
+        notes += pred_volume.notes
         problem = same_geometry(gt_volume, pred_volume, check_position=job.check_position)
         if problem and job.resample_pred:
             pred_volume = resample_to(gt_volume, pred_volume)
@@ -364,10 +368,10 @@ def score_job(job: _CaseJob) -> _CaseOutcome:
                                     describe(spec.pred))
     except EvaluationError as exc:
         return _CaseOutcome(worst("failed_prediction"),
-                            CaseFailure(spec.case_id, "prediction", str(exc)))
+                            CaseFailure(spec.case_id, "prediction", str(exc)), notes)
     rows = score_organs(spec.case_id, gt, pred, gt_volume.spacing_mm, job.organ_ids,
                         job.protocol, gt_label_values=gt_values, workers=job.threads)
-    return _CaseOutcome(rows)
+    return _CaseOutcome(rows, notes=notes)
 
 
 def _score_presence_only(job: _CaseJob) -> _CaseOutcome:
@@ -377,7 +381,7 @@ def _score_presence_only(job: _CaseJob) -> _CaseOutcome:
     failure = None
     if spec.pred is not None:
         try:
-            volume = load_volume(spec.pred, job.pred_labels)
+            volume = load_volume(spec.pred, job.pred_labels, job.organ_ids)
             pred = to_evaluation_labels(volume.array, job.pred_labels, job.organ_ids,
                                         describe(spec.pred))
         except EvaluationError as exc:
@@ -436,7 +440,8 @@ def evaluate(
         failures=failures,
         ignored_predictions=len(unscored),
         unscored_predictions=unscored,
-        warnings=unscored_structures(jobs, options.organs),
+        warnings=unscored_structures(jobs, options.organs)
+        + [note for outcome in outcomes for note in outcome.notes],
     )
 
 

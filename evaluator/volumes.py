@@ -9,7 +9,7 @@ not depend on the runtime and because label maps need different checks than imag
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,8 @@ class LabelVolume:
     origin: tuple[float, float, float]
     direction: tuple[float, ...]
     path: Path
+    #: What reading changed without failing (overlapping masks resolved), one line each.
+    notes: list[str] = field(default_factory=list)
 
 
 def strip_image_suffix(name: str) -> str | None:

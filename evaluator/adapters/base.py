@@ -6,6 +6,7 @@ volumes are read by :func:`load_ground_truth` and :func:`load_prediction` inside
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,17 +72,19 @@ class CaseSpec:
     notes: list[str] = field(default_factory=list)
 
 
-def load_volume(ref: VolumeRef, labels: LabelSet | None = None) -> LabelVolume:
+def load_volume(ref: VolumeRef, labels: LabelSet | None = None,
+                organs: Collection[str] | None = None) -> LabelVolume:
     """Read a referenced label volume (raises EvaluationError naming the file).
 
     ``labels`` is the label set the volume is read in (FLARE's if None): a
-    :class:`MaskFolder` is merged into a label map in its values; the other kinds carry their
-    own values.
+    :class:`MaskFolder` is merged into a label map in its values, reading the masks of
+    ``organs`` only (default: all of the set); the other kinds carry their own values.
     """
     if isinstance(ref, LabelFile):
         return read_label_file(ref.path)
     if isinstance(ref, MaskFolder):
-        return read_mask_folder(ref.path, labels if labels is not None else PRESETS["flare"])
+        return read_mask_folder(ref.path, labels if labels is not None else PRESETS["flare"],
+                                organs)
     geometry = dicom_series_geometry(ref.dicom_dir)
     array = read_png_series(ref.png_dir)
     if array.shape != geometry.shape:
