@@ -84,13 +84,53 @@ def keep_largest_component_of_union(
     region = labels[foreground]
     mask = np.isin(region, list(values))
     components, n = cc3d.connected_components(mask, connectivity=connectivity, return_N=True)
+    del mask
     if n < 2:
         return labels
-    sizes = np.bincount(components.reshape(-1), minlength=n + 1)
+    # Slab by slab, as in _remove_components: whole-box index arrays would be int64.
+    slabs = _slabs(region.shape)
+    sizes = np.zeros(n + 1, dtype=np.int64)
+    for rows in slabs:
+        sizes += np.bincount(components[rows].reshape(-1), minlength=n + 1)
     sizes[0] = 0
     remove = sizes < sizes.max()
     remove[0] = False
-    np.copyto(region, 0, where=remove[components])
+    for rows in slabs:
+        np.copyto(region[rows], 0, where=remove[components[rows]])
+    return labels
+
+
+def apply_component_groups(
+    labels: np.ndarray,
+    groups: Sequence[Sequence[int]],
+    connectivity: int = 26,
+) -> np.ndarray:
+    """Run nnU-Net's largest-component steps in order, in place (see
+    :func:`keep_largest_component_of_union`).
+
+    A step of a single label only removes voxels of that label, so steps of different single
+    labels cannot change each other's outcome: consecutive ones are run as one multi-label
+    pass (equal largest components all kept, as nnU-Net keeps them) instead of one labelling
+    of the scan each.
+
+    Examples
+    --------
+    >>> labels = np.zeros((4, 4, 12), np.uint8)
+    >>> labels[1:3, 1:3, 0:2] = 1; labels[1:3, 1:3, 5] = 1; labels[1:3, 1:3, 9:11] = 2
+    >>> int((apply_component_groups(labels, [[1], [2]]) == 1).sum())
+    8
+    """
+    singles: list[int] = []
+    for group in groups:
+        if len(set(group)) == 1:
+            singles.append(group[0])
+            continue
+        if singles:
+            _remove_components(labels, singles, connectivity, True, 0, keep_ties=True)
+            singles = []
+        keep_largest_component_of_union(labels, group, connectivity)
+    if singles:
+        _remove_components(labels, singles, connectivity, True, 0, keep_ties=True)
     return labels
 
 
@@ -136,6 +176,7 @@ def _remove_components(
     connectivity: int,
     largest_only: bool,
     min_voxels: int,
+    keep_ties: bool = False,
 ) -> np.ndarray:
     foreground = _foreground_box(labels)
     if foreground is None:
@@ -158,7 +199,10 @@ def _remove_components(
     cleaned = ordered > 0 if values is None else np.isin(ordered, list(values))
     drop = sizes[order] < min_voxels
     if largest_only:
-        biggest = np.r_[True, ordered[1:] != ordered[:-1]]
+        biggest = np.r_[True, ordered[1:] != ordered[:-1]]  # the first of each label's run
+        if keep_ties:  # every component as large as its label's largest, as nnU-Net keeps
+            first = np.maximum.accumulate(np.where(biggest, np.arange(len(order)), 0))
+            biggest = sizes[order] == sizes[order][first]
         drop |= ~biggest
     remove = np.zeros(n + 1, dtype=bool)
     remove[order] = cleaned & drop

@@ -30,8 +30,8 @@ from edge_seg.io import Volume, available_memory_bytes
 from edge_seg.launch import open_predictor_and_read
 from edge_seg.options import PredictOptions
 from edge_seg.postprocess import (
+    apply_component_groups,
     keep_largest_component,
-    keep_largest_component_of_union,
     min_component_voxels,
     organ_volumes_ml,
     remove_small_components,
@@ -335,8 +335,8 @@ class Predictor:
         else:
             if options.lcc:
                 # The model's own rule (nnU-Net's, found on its cross-validation), in its order.
-                for group in groups or ():
-                    keep_largest_component_of_union(labels, [bundle.labels[n] for n in group])
+                apply_component_groups(
+                    labels, [[bundle.labels[n] for n in group] for group in groups or ()])
             if min_voxels:
                 remove_small_components(labels, min_voxels, sorted(self.organs.values()))
         timings["postprocess"] = time.perf_counter() - t

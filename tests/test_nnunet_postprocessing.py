@@ -19,7 +19,7 @@ from edge_seg.bundle import load_bundle
 from edge_seg.errors import EdgesegError
 from edge_seg.io import Volume
 from edge_seg.options import PredictOptions
-from edge_seg.postprocess import keep_largest_component_of_union
+from edge_seg.postprocess import apply_component_groups, keep_largest_component_of_union
 from edge_seg.predict import Predictor
 
 SPACING = (2.0, 1.5, 1.5)
@@ -49,6 +49,23 @@ def test_union_rule_matches_nnunet(seed: int) -> None:
         keep_largest_component_of_union(ours, step if isinstance(step, list) else [step])
         np.testing.assert_array_equal(ours, expected, err_msg=f"after step {step}")
     assert (ours != _islands(seed)).any()  # the steps removed something
+    # All steps at once, the single-label ones merged into multi-label passes.
+    merged = apply_component_groups(_islands(seed), [s if isinstance(s, list) else [s]
+                                                     for s in [*steps, 1, 3]])
+    for step in (1, 3):
+        expected = module.remove_all_but_largest_component_from_segmentation(expected, step)
+    np.testing.assert_array_equal(merged, expected)
+
+
+def test_merged_single_label_steps_keep_equal_largest_components() -> None:
+    labels = np.zeros((6, 6, 20), np.uint8)
+    labels[1:3, 1:3, 1:3] = 4  # two components of 8 voxels, one of 1
+    labels[1:3, 1:3, 8:10] = 4
+    labels[5, 5, 5] = 4
+    labels[1:3, 1:3, 14:16] = 2
+    labels[5, 5, 18] = 2
+    apply_component_groups(labels, [[4], [2]])
+    assert int((labels == 4).sum()) == 16 and int((labels == 2).sum()) == 8
 
 
 def test_equal_largest_components_are_all_kept() -> None:
