@@ -61,7 +61,12 @@ def _os_error_line(exc: OSError) -> str:
 
 
 def fail(message: str, exit_code: int = 2) -> None:
-    """Print a one-line error on stderr and exit."""
+    """Print a one-line error on stderr and exit.
+
+    A file name that is not valid UTF-8 reaches here with surrogate escapes, which a strict
+    stream cannot print; its bytes are shown escaped instead (``case_\xe4``).
+    """
+    message = message.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     typer.echo(f"edgeseg: error: {message}", err=True)
     raise SystemExit(exit_code)
 

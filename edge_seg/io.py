@@ -210,6 +210,20 @@ def _check_dimensions(path: Path, size: Sequence[int]) -> None:
         )
 
 
+def check_itk_name(path: Path) -> None:
+    """Refuse a path that is not valid UTF-8 (a Latin-1 ``Müller.nii.gz``), which ITK cannot
+    take: Python hands such names on with surrogate escapes, and SimpleITK aborts the whole
+    process on them (SIGABRT), a batch's other cases included."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        # Shown with the offending bytes escaped (M\xfcller), so the message itself prints.
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+        raise EdgesegError(
+            f"{shown}: the file name is not valid UTF-8, which ITK cannot open; rename it"
+        ) from None
+
+
 def read_volume(path: str | os.PathLike[str]) -> Volume:
     """Read a NIfTI, MHA/MHD, NRRD file or a DICOM series folder as a checked 3D :class:`Volume`.
 
@@ -223,6 +237,7 @@ def read_volume(path: str | os.PathLike[str]) -> Volume:
     path = Path(path)
     if not path.exists():
         raise EdgesegError(f"{path}: no such file or folder")
+    check_itk_name(path)
     if path.is_dir():
         image, notes = _read_dicom_series(path)
         return _volume_of_image(path, image, notes)
@@ -332,6 +347,7 @@ def write_label_map(labels: np.ndarray, reference: Volume, path: str | os.PathLi
         first, so a failure leaves neither a partial file nor a temporary one.
     """
     path = check_output_path(path)
+    check_itk_name(path)
     if tuple(labels.shape) != tuple(reference.array.shape):
         raise EdgesegError(
             f"{path}: label map shape {labels.shape} differs from the scan shape "

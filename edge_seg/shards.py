@@ -19,6 +19,7 @@ and are reported there.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -50,7 +51,9 @@ class Shard:
         >>> [sum(s.holds(name) for s in shards) for name in ("1000001", "case_0007")]
         [1, 1]
         """
-        digest = hashlib.sha256(case.encode("utf-8")).digest()
+        # fsencode: the bytes of the name on disk, also for names that are not valid UTF-8
+        # (Python holds those with surrogate escapes, which str.encode refuses).
+        digest = hashlib.sha256(os.fsencode(case)).digest()
         return int.from_bytes(digest[:8], "big") % self.count == self.index - 1
 
 

@@ -8,6 +8,7 @@ not depend on the runtime and because label maps need different checks than imag
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,6 +116,14 @@ def read_label_file(path: Path) -> LabelVolume:
 
     if not path.is_file():
         raise EvaluationError(f"{path}: file not found")
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        # SimpleITK aborts the process (SIGABRT) on such a name, every other case with it.
+        # Shown with the offending bytes escaped (case_\xe4), so the message itself prints.
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+        raise EvaluationError(f"{shown}: the file name is not valid UTF-8, which ITK cannot "
+                              "open; rename it") from None
     check_file_complete(path)
     try:
         image = sitk.ReadImage(str(path))

@@ -317,3 +317,17 @@ def test_output_flags_without_output_are_errors(folders, capsys, flag) -> None:
     pred, gt = folders
     code, _, err = _run(["evaluate", str(pred), str(gt), flag, "-q"], capsys)
     _one_line_error(code, err, f"{flag} needs --output DIR")
+
+
+def test_label_map_named_in_latin1_fails_its_case_only(folders, tmp_path, capsys) -> None:
+    # SimpleITK aborts the process (SIGABRT) on a name that is not valid UTF-8.
+    import os
+
+    pred, gt = folders
+    os.rename(pred / "case_a.nii.gz", os.fsencode(pred) + b"/case_\xe4.nii.gz")
+    os.rename(gt / "case_a.nii.gz", os.fsencode(gt) + b"/case_\xe4.nii.gz")
+    out = tmp_path / "out"
+    code, _, err = _run(["evaluate", str(pred), str(gt), "-o", str(out), "-q"], capsys)
+    assert code == 2 and "the file name is not valid UTF-8, which ITK cannot open" in err
+    summary = _summary(out)
+    assert summary["cases"]["voxel"] == 1  # case_b scored

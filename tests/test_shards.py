@@ -79,3 +79,29 @@ def test_shard_needs_a_folder_and_a_valid_value(tmp_path: Path) -> None:
     result = edgeseg(tmp_path, tmp_path / "out", "--shard", "0/4")
     assert result.returncode == 2 and "--shard: '0/4': K must be 1 to N" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_file_name_that_is_not_utf8_fails_its_case_only(tmp_path: Path) -> None:
+    # SimpleITK aborted the whole batch process (SIGABRT) on such a name.
+    import os
+
+    bundle = make_bundle(tmp_path / "bundle")
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    write_scan(inputs / "good_0000.nii.gz")
+    latin1 = os.fsencode(inputs) + b"/M\xfcller_0000.nii.gz"
+    os.rename(write_scan(inputs / "tmp.nii.gz"), latin1)
+    name = os.fsdecode(b"M\xfcller")
+    assert sum(Shard(k, 3).holds(name) for k in (1, 2, 3)) == 1
+    import subprocess
+
+    # The message names the file as it is on disk, so the output is not valid UTF-8 either.
+    result = subprocess.run([sys.executable, "-m", "edge_seg", "predict", str(inputs),
+                             str(outputs), "--model", str(bundle)], capture_output=True,
+                            timeout=300)
+    stdout, stderr = (result.stdout.decode(errors="replace"),
+                      result.stderr.decode(errors="replace"))
+    assert result.returncode == 2, stderr
+    assert "the file name is not valid UTF-8, which ITK cannot open; rename it" in stdout
+    assert sorted(p.name for p in outputs.iterdir()) == ["good.nii.gz"]
+    assert stderr.strip().endswith("1 of 2 cases failed: M\\xfcller")

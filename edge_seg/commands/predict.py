@@ -115,13 +115,13 @@ def predict(
     if not input_path.exists():
         raise EdgesegError(f"{input_path}: no such file or folder")
     kind = folder_kind(input_path) if input_path.is_dir() else None
-    if part is not None and kind != "batch":
-        raise EdgesegError(f"{input_path}: --shard splits a folder of scans; this is one scan")
     if kind == "none":
         raise EdgesegError(
             f"{input_path}: folder holds no scans (no NIfTI, MHA/MHD or NRRD files, no DICOM "
             "series, no sub-folders with one)"
         )
+    if part is not None and kind != "batch":
+        raise EdgesegError(f"{input_path}: --shard splits a folder of scans; this is one scan")
     if kind == "batch":
         target = out_dir or output
         if target is None:
