@@ -164,9 +164,10 @@ def read_results(
 
     explicit = Path(checkpoint_name)
     is_path = explicit.is_absolute() or "/" in checkpoint_name
-    if explicit.is_absolute() and len(fold_list) > 1:
-        # folder / fold_k / <absolute path> is that path for every k: one file, exported as
-        # an "ensemble" of identical folds.
+    if is_path and len(fold_list) > 1:
+        # folder / fold_k / <absolute path> is that path for every k (one file exported as an
+        # "ensemble" of identical folds), and a relative path with a folder in it would be
+        # looked for inside every fold_k/.
         raise EdgesegError(f"--checkpoint {checkpoint_name}: a checkpoint path goes with one "
                            f"--fold (got {', '.join(fold_list)}); give a file name inside "
                            "each fold_X/ to export several folds")
@@ -215,7 +216,14 @@ def read_results(
     if config.get("previous_stage") or config.get("previous_stage_name"):
         raise EdgesegError(
             f"{folder / PLANS_NAME}: configuration '{name}' is a cascade stage; edgeseg exports "
-            "single-stage configurations (3d_fullres, 3d_lowres, 2d) only"
+            "single-stage 3D configurations (3d_fullres, 3d_lowres) only"
+        )
+    patch = config.get("patch_size")
+    if isinstance(patch, list) and len(patch) == 2:
+        # The runtime's sliding window is 3D; a 2D network would need slice-by-slice inference.
+        raise EdgesegError(
+            f"{folder / PLANS_NAME}: configuration '{name}' is a 2D one (patch {patch}); "
+            "edgeseg exports 3D configurations (3d_fullres, 3d_lowres) only"
         )
     mirror = first.get("inference_allowed_mirroring_axes") or []
     if not (isinstance(mirror, (list, tuple))

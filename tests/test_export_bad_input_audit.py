@@ -373,3 +373,29 @@ def test_quantize_says_when_only_the_held_out_images_are_unreadable(
     one_line_error(code, err, f"{calib} (held out: the last 1 of its images): no readable",
                    "z_0000.nii.gz")
     assert {p.name: p.read_bytes() for p in bundle.iterdir()} == before
+
+
+def test_relative_checkpoint_path_with_several_folds_is_refused(workspace, capsys, tmp_path,
+                                                                monkeypatch) -> None:
+    # A relative path with a folder in it was looked for inside every fold_k/ ("does not
+    # exist", for a file that does) or resolved to one file for every fold.
+    monkeypatch.chdir(workspace["results"])
+    out = tmp_path / "bundle"
+    code, _, err = run_cli(["export", "nnunet", ".", "--fold", "0,1", "--checkpoint",
+                            "fold_0/checkpoint_final.pth", "-o", str(out)], capsys)
+    one_line_error(code, err, "a checkpoint path goes with one --fold (got 0, 1)")
+    no_output(out)
+
+
+def test_2d_configuration_is_refused_by_name(workspace, capsys, tmp_path) -> None:
+    folder = tmp_path / "results"
+    shutil.copytree(workspace["results"], folder)
+    plans = json.loads((folder / "plans.json").read_text())
+    plans["configurations"]["2d"] = {**plans["configurations"]["3d_fullres"],
+                                     "patch_size": [128, 128], "spacing": [2.0, 2.0]}
+    (folder / "plans.json").write_text(json.dumps(plans))
+    out = tmp_path / "bundle"
+    code, _, err = run_cli(["export", "nnunet", str(folder), "--configuration", "2d", "-o",
+                            str(out)], capsys)
+    one_line_error(code, err, "configuration '2d' is a 2D one (patch [128, 128])")
+    no_output(out)
