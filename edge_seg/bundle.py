@@ -4,11 +4,13 @@ A bundle is self-describing: the runtime needs nothing else to reproduce the tra
 preprocessing. ``export/`` writes bundles, ``edge_seg`` reads them; this module is the contract
 between the two and must stay torch-free.
 
-Schema of ``edgeseg.json`` (format version 1)
----------------------------------------------
+Schema of ``edgeseg.json`` (format versions 1 and 2)
+----------------------------------------------------
 ``format_version`` : int
     Bundles with a newer version than :data:`FORMAT_VERSION` are refused, and so is any
-    version below 1.
+    version below 1. Version 2 adds ``largest_component_groups``; a bundle is written with
+    the lowest version that holds its fields, so that a runtime too old for one of them
+    refuses the bundle ("upgrade edgeseg") instead of silently running without it.
 ``name`` : str
 ``modality`` : ``"CT"`` or ``"MR"``
 ``channels`` : list of str
@@ -80,7 +82,8 @@ from typing import Any
 from edge_seg.bundle_checks import check_manifest, parse_manifest
 from edge_seg.errors import EdgesegError, require_folder
 
-FORMAT_VERSION = 1
+#: The newest manifest version this runtime reads.
+FORMAT_VERSION = 2
 MANIFEST_NAME = "edgeseg.json"
 
 DEFAULT_IO_NAMES = {
@@ -114,7 +117,7 @@ class Bundle:
     largest_component_groups: list[list[str]] | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
     fidelity: dict[str, Any] = field(default_factory=dict)
-    format_version: int = FORMAT_VERSION
+    format_version: int = 1
     root: Path | None = None
 
     @property
@@ -153,9 +156,15 @@ class Bundle:
         assert self.root is not None
         return self.root / self.files[precision]
 
+    @property
+    def required_format_version(self) -> int:
+        """The lowest manifest version that holds this bundle's fields."""
+        return 2 if self.largest_component_groups is not None else 1
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("root")
+        data["format_version"] = max(self.format_version, self.required_format_version)
         return data
 
     def save(self, folder: str | Path) -> Path:

@@ -377,6 +377,11 @@ def _check_consistency(fields: dict[str, Any], where: str) -> None:
         raise EdgesegError(
             f"{where}: presence_input: {', '.join(unknown)} is not an organ of labels"
         )
+    if fields.get("largest_component_groups") is not None and fields["format_version"] < 2:
+        raise EdgesegError(
+            f"{where}: largest_component_groups needs format_version 2 (the manifest says "
+            f"{fields['format_version']}; runtimes that read only version 1 would ignore it)"
+        )
     grouped = [n for group in fields.get("largest_component_groups") or () for n in group]
     unknown = list(dict.fromkeys(name for name in grouped if name not in organs))
     if unknown:

@@ -97,6 +97,7 @@ def _with_groups(tmp_path: Path, groups: object) -> Path:
     manifest = folder / "edgeseg.json"
     data = json.loads(manifest.read_text())
     data["largest_component_groups"] = groups
+    data["format_version"] = 2
     manifest.write_text(json.dumps(data))
     return folder
 
@@ -138,6 +139,23 @@ def test_predict_runs_the_bundles_rule(tmp_path, groups, islands_kept) -> None:
 def test_manifest_with_bad_groups_is_refused(tmp_path, groups, message) -> None:
     with pytest.raises(EdgesegError, match=message):
         load_bundle(_with_groups(tmp_path, groups))
+
+
+def test_groups_need_format_version_2(tmp_path) -> None:
+    # A runtime that reads version 1 only ignores unknown fields: it would run without the
+    # rule, so a bundle with one says version 2, and such a runtime refuses it instead.
+    folder = _with_groups(tmp_path, [["liver"]])
+    data = json.loads((folder / "edgeseg.json").read_text())
+    data["format_version"] = 1
+    (folder / "edgeseg.json").write_text(json.dumps(data))
+    with pytest.raises(EdgesegError, match="largest_component_groups needs format_version 2"):
+        load_bundle(folder)
+    data["largest_component_groups"] = None
+    (folder / "edgeseg.json").write_text(json.dumps(data))
+    bundle = load_bundle(folder)
+    assert bundle.required_format_version == 1 and bundle.to_json()["format_version"] == 1
+    bundle.largest_component_groups = [["liver"]]
+    assert bundle.to_json()["format_version"] == 2
 
 
 # -- reading nnU-Net's postprocessing.json / .pkl (export side) ----------------------------
