@@ -94,10 +94,14 @@ def normalization_from_plans(results: NnunetResults) -> list[dict[str, Any]]:
 def labels_from_dataset(dataset: dict[str, Any]) -> dict[str, int]:
     """dataset.json labels with organ names in the canonical (FLARE/TotalSegmentator) spelling.
 
-    The integer values stay as trained: they are the network's output channels.
+    The integer values stay as trained: they are the network's output channels. nnU-Net's
+    ``ignore`` label (unannotated voxels, the highest value) marks training data only: the
+    network has no output channel for it, so it is not a label of the bundle.
     """
     labels = {}
     for name, value in dataset["labels"].items():
+        if name == "ignore":
+            continue
         key = "background" if int(value) == 0 else canonical_organ_name(str(name))
         labels[key] = int(value)
     return labels

@@ -48,8 +48,9 @@ class NnunetResults:
 
     @property
     def num_output_channels(self) -> int:
-        """One segmentation head per label (background included), as nnU-Net's LabelManager."""
-        return len(self.dataset["labels"])
+        """One segmentation head per label (background included, nnU-Net's ``ignore`` label
+        not: it has no head), as nnU-Net's LabelManager."""
+        return len([name for name in self.dataset["labels"] if name != "ignore"])
 
     @property
     def checkpoint_sha256(self) -> list[str]:

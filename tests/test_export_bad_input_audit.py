@@ -399,3 +399,17 @@ def test_2d_configuration_is_refused_by_name(workspace, capsys, tmp_path) -> Non
                             str(out)], capsys)
     one_line_error(code, err, "configuration '2d' is a 2D one (patch [128, 128])")
     no_output(out)
+
+
+def test_nnunet_ignore_label_is_not_an_output_channel(workspace, capsys, tmp_path) -> None:
+    # nnU-Net trains without an output channel for "ignore" (sparse annotations); it was
+    # refused as "weights do not fit the plans' architecture".
+    folder = tmp_path / "results"
+    shutil.copytree(workspace["results"], folder)
+    dataset = json.loads((folder / "dataset.json").read_text())
+    dataset["labels"]["ignore"] = max(dataset["labels"].values()) + 1
+    (folder / "dataset.json").write_text(json.dumps(dataset))
+    out = tmp_path / "bundle"
+    code, _, err = run_cli(["export", "nnunet", str(folder), "-o", str(out)], capsys)
+    assert code == 0, err
+    assert "ignore" not in load_bundle(out).labels
