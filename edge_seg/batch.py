@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from edge_seg.channels import read_channels
 from edge_seg.dicom import _dicom_series_files, looks_like_dicom
 from edge_seg.errors import EdgesegError, NotEnoughMemoryError
 from edge_seg.io import (
     Volume,
     is_volume_file,
-    read_volume,
     strip_volume_suffix,
     write_label_map,
 )
@@ -247,7 +247,7 @@ def _run_case(scan: str, target: str, preview_dir: str | None) -> CaseResult:
     start = time.perf_counter()
     name = case_name(Path(scan))
     try:
-        volume = read_volume(scan)
+        volume = read_channels(scan, len(_WORKER.bundle.channels))
         prediction = _WORKER.predict(volume)
         _write_outputs(prediction.labels, volume, target, preview_dir, _WORKER.bundle.modality)
     except Exception as exc:
@@ -297,6 +297,7 @@ def _run_pipelined(
     """
     assert _WORKER is not None
     predictor, modality = _WORKER, _WORKER.bundle.modality
+    channels = len(predictor.bundle.channels)
     with (
         ThreadPoolExecutor(1, thread_name_prefix="edgeseg-read") as reader,
         ThreadPoolExecutor(1, thread_name_prefix="edgeseg-write") as writer,
@@ -306,7 +307,7 @@ def _run_pipelined(
             start = time.perf_counter()
             ahead = reading
             if index + 1 < len(todo):
-                reading = reader.submit(read_volume, str(todo[index + 1][0]))
+                reading = reader.submit(read_channels, str(todo[index + 1][0]), channels)
             message = None
             volume = prediction = None
             try:
@@ -314,7 +315,7 @@ def _run_pipelined(
                     volume = ahead.result()
                 except NotEnoughMemoryError:
                     _wait_for(writing)  # it was read beside the last case's work: read alone
-                    volume = read_volume(scan)
+                    volume = read_channels(scan, channels)
                 try:
                     prediction = predictor.predict(volume)
                 except NotEnoughMemoryError:
@@ -417,11 +418,12 @@ def _run_in_process(
     options: PredictOptions,
     preview: str | None,
     record: Callable[[CaseResult], None],
+    channels: int = 1,
 ) -> None:
     """Segment ``todo`` in this process, pipelined (see :func:`_run_pipelined`)."""
     with ThreadPoolExecutor(1, thread_name_prefix="edgeseg-read") as first:
         # The first scan is read while the model compiles.
-        first_read = first.submit(read_volume, str(todo[0][0]))
+        first_read = first.submit(read_channels, str(todo[0][0]), channels)
         _init_worker(bundle, options)
         pipeline = _run_pipelined(todo, first_read, preview)
         del first_read
@@ -474,8 +476,12 @@ def run_batch(
     workers: int = 1,
     preview_dir: Path | None = None,
     on_result: Callable[[CaseResult], None] | None = None,
+    channels: int = 1,
 ) -> BatchReport:
     """Segment ``scans`` into ``out_dir`` (``<case>.nii.gz``), skipping finished cases.
+
+    ``channels``: the model's input channels; each scan is then a case's channel-0 file, the
+    others read beside it (:mod:`edge_seg.channels`).
 
     Raises
     ------
@@ -511,7 +517,7 @@ def run_batch(
     try:
         with _sigterm_as_interrupt():
             if workers == 1:
-                _run_in_process(todo, bundle, options, preview, record)
+                _run_in_process(todo, bundle, options, preview, record, channels)
             else:
                 _run_in_pool(todo, bundle, options, preview, record, workers)
     except KeyboardInterrupt as exc:

@@ -85,6 +85,8 @@ from edge_seg.errors import EdgesegError, require_folder
 #: The newest manifest version this runtime reads.
 FORMAT_VERSION = 2
 MANIFEST_NAME = "edgeseg.json"
+#: The bundle ``edgeseg predict`` uses when no ``--model`` is given.
+DEFAULT_BUNDLE = Path(__file__).resolve().parent / "models" / "flare_ct_plain"
 
 DEFAULT_IO_NAMES = {
     "image": "image",
@@ -179,6 +181,15 @@ class Bundle:
 
     def _where(self) -> str:
         return str(self.root / MANIFEST_NAME) if self.root else MANIFEST_NAME
+
+
+def default_bundle_dir() -> Path:
+    """The embedded default bundle (raises if this installation has none)."""
+    if not (DEFAULT_BUNDLE / MANIFEST_NAME).is_file():
+        raise EdgesegError(
+            f"{DEFAULT_BUNDLE}: no default model bundle is installed; pass --model BUNDLE/"
+        )
+    return DEFAULT_BUNDLE
 
 
 def load_bundle(folder: str | Path) -> Bundle:

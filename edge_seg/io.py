@@ -96,6 +96,9 @@ class Volume:
     notes : list of str
         One-line remarks about how the scan was read that the user should see (which of
         several DICOM series was taken); commands print them as ``note:`` lines.
+    extra_channels : list of np.ndarray
+        Channels 1.. of a scan for a model of several input channels, on this grid
+        (:mod:`edge_seg.channels`); empty for a single-channel scan.
     """
 
     array: np.ndarray
@@ -105,6 +108,7 @@ class Volume:
     path: Path | None = None
     nifti_header: bytes | None = field(default=None, repr=False, compare=False)
     notes: list[str] = field(default_factory=list, compare=False)
+    extra_channels: list[np.ndarray] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -12,8 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edge_seg.channels import read_channels
 from edge_seg.errors import EdgesegError
-from edge_seg.io import Volume, read_volume
+from edge_seg.io import Volume
 from edge_seg.options import PredictOptions
 
 if TYPE_CHECKING:
@@ -21,15 +22,18 @@ if TYPE_CHECKING:
 
 
 def open_predictor_and_read(
-    bundle_dir: str | Path | None, options: PredictOptions, scan: str | Path
+    bundle_dir: str | Path | None, options: PredictOptions, scan: str | Path,
+    channels: int = 1,
 ) -> tuple[Predictor, Volume]:
     """Read ``scan`` in a background thread while the bundle compiles; return both.
+
+    ``channels``: the model's input channels (``scan`` is then the channel-0 file).
 
     When both fail, the problem with the model or the options is the one reported, as it
     would be if they ran in turn.
     """
     with ThreadPoolExecutor(1, thread_name_prefix="edgeseg-read") as pool:
-        reading = pool.submit(read_volume, scan)
+        reading = pool.submit(read_channels, scan, channels)
         try:
             from edge_seg.predict import Predictor
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_seg.backends.base import ModelChoice, Session, open_session, validated_choice
-from edge_seg.bundle import Bundle, load_bundle
+from edge_seg.bundle import DEFAULT_BUNDLE, Bundle, default_bundle_dir, load_bundle
 from edge_seg.crop import (
     TILE_CACHE_BYTES,
     coarse_foreground,
@@ -41,10 +41,8 @@ from edge_seg.resample import logits_to_labels
 from edge_seg.window import PatchStream, count_patches, padding_for, sliding_window
 from evaluator.labels import resolve_organs
 
-#: The bundle ``edgeseg predict`` uses when no ``--model`` is given.
-DEFAULT_BUNDLE = Path(__file__).resolve().parent / "models" / "flare_ct_plain"
-
 __all__ = [
+    "DEFAULT_BUNDLE",
     "PredictOptions",
     "Prediction",
     "Predictor",
@@ -89,15 +87,6 @@ class Prediction:
 
     def volumes_ml(self, spacing_mm: tuple[float, ...]) -> dict[str, float]:
         return organ_volumes_ml(self.labels, spacing_mm, self.organs)
-
-
-def default_bundle_dir() -> Path:
-    """The embedded default bundle (raises if this installation has none)."""
-    if not (DEFAULT_BUNDLE / "edgeseg.json").is_file():
-        raise EdgesegError(
-            f"{DEFAULT_BUNDLE}: no default model bundle is installed; pass --model BUNDLE/"
-        )
-    return DEFAULT_BUNDLE
 
 
 class Predictor:
@@ -219,17 +208,14 @@ class Predictor:
                 f"{volume.path or 'volume'}: every voxel has the intensity {constant:g}; "
                 "there is no contrast to segment, so any organ in the label map is not real"
             )
-        scan = volume
         z_keep = slice(0, volume.shape[0])
         if self.crop.mode == "middle":
             z_keep = middle_slices(volume.shape[0], self.crop.slices)
-            scan = Volume(
-                volume.array[z_keep],
-                volume.spacing_mm,
-                volume.origin,
-                volume.direction,
-                volume.path,
-            )
+        # One volume per input channel, channel 0 first (channels 1.. share its grid).
+        scan = [
+            Volume(array[z_keep], volume.spacing_mm, volume.origin, volume.direction, volume.path)
+            for array in (volume.array, *volume.extra_channels)
+        ]
 
         t = time.perf_counter()
         image, geometry = preprocess(scan, bundle, options.threads)

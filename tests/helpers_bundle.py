@@ -24,20 +24,25 @@ CENTRES = (-5.0, 1.0, 2.0, 3.0)  # in normalised units (HU / 100); background wi
 
 
 def _onnx_model(
-    patch: Sequence[int], presence: Sequence[str], presence_output: bool, dynamic: bool = False
+    patch: Sequence[int], presence: Sequence[str], presence_output: bool, dynamic: bool = False,
+    channels: int = 1,
 ):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     centres = np.asarray(CENTRES, dtype=np.float32)
     k = len(centres)
-    weight = (2 * centres).reshape(k, 1, 1, 1, 1).astype(np.float32)
+    weight = np.zeros((k, channels, 1, 1, 1), np.float32)
+    weight[:, 0, 0, 0, 0] = 2 * centres
+    # Channels 1.. vote for the spleen: where they are bright, the spleen wins whatever
+    # channel 0 says, so a test sees that a channel was read, aligned and used.
+    weight[LABELS["spleen"], 1:, 0, 0, 0] = 30.0
     bias = (-(centres**2)).astype(np.float32)
     inits = [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "B")]
     nodes = [helper.make_node("Conv", ["image", "W", "B"], ["raw"], kernel_shape=[1, 1, 1])]
     # Dynamic spatial axes, as `edgeseg export` writes them, or the patch shape fixed.
     spatial = ["depth", "height", "width"] if dynamic else list(patch)
-    inputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 1, *spatial])]
+    inputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, channels, *spatial])]
     outputs = []
     logits = "raw"
     if presence:
@@ -105,14 +110,16 @@ def make_bundle(
     int8: bool = False,
     validated: Sequence[str] = ("fp32",),
     dynamic: bool = False,
+    channels: int = 1,
 ) -> Path:
-    """Write a complete bundle folder and return it (``dynamic``: free spatial input axes)."""
+    """Write a complete bundle folder and return it (``dynamic``: free spatial input axes;
+    ``channels`` > 1: channels 1.. make the spleen win where they are bright)."""
     import onnx
 
     folder.mkdir(parents=True, exist_ok=True)
     organs = [n for n in LABELS if n != "background"]
     presence = list(organs if presence_input is True else presence_input or [])
-    model = _onnx_model(patch, presence, presence_output, dynamic)
+    model = _onnx_model(patch, presence, presence_output, dynamic, channels)
     onnx.save(model, folder / "model.onnx")
     files = {"fp32": "model.onnx"}
     if int8:
@@ -120,10 +127,10 @@ def make_bundle(
     bundle = Bundle(
         name="tiny-threshold",
         modality="CT",
-        channels=["CT"],
+        channels=["CT"] + [f"CT phase {c}" for c in range(1, channels)],
         labels=dict(LABELS),
         spacing_mm=[float(s) for s in spacing_mm],
-        normalization=[dict(CT_NORM)],
+        normalization=[dict(CT_NORM) for _ in range(channels)],
         patch_size=[int(p) for p in patch],
         files=files,
         presence_input=presence or None,

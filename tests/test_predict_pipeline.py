@@ -193,7 +193,7 @@ def test_pipelined_batch_retries_a_memory_refusal_once_alone(
     write_scan(inputs / "huge_0000.nii.gz", seed=9)
     refused: list[str] = []
 
-    def tight_memory(path):
+    def tight_memory(path, count=1):
         name = Path(path).name
         if name == "case1_0000.nii.gz" and name not in refused:
             refused.append(name)  # refused the first time only: beside other work
@@ -202,7 +202,7 @@ def test_pipelined_batch_retries_a_memory_refusal_once_alone(
             raise NotEnoughMemoryError(f"{path}: needs about 99.0 GiB, only 1.0 GiB available")
         return read_volume(path)
 
-    monkeypatch.setattr(batch, "read_volume", tight_memory)
+    monkeypatch.setattr(batch, "read_channels", tight_memory)
     report = run_batch(sorted(inputs.iterdir()), outputs, static_bundle, PredictOptions(threads=1))
     assert [(r.name, r.status) for r in report.results] == [
         ("case0", "done"),

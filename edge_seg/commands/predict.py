@@ -134,21 +134,32 @@ def predict(
             typer.echo(
                 f"note: {input_path}: skipped sub-folders without DICOM files: {names}", err=True
             )
-        scans = found.scans
+        from edge_seg.channels import first_channel_scans
+
+        channels = _model_channels(model)
+        every = scans = first_channel_scans(found.scans, channels)
         if part is not None:
-            scans = select(scans, part, case_name)
+            scans = select(every, part, case_name)
             if not quiet:
-                typer.echo(f"shard {part}: {len(scans)} of the {len(found.scans)} scans in "
+                typer.echo(f"shard {part}: {len(scans)} of the {len(every)} scans in "
                            f"{input_path}", err=True)
             if not scans:
                 return  # more shards than scans: this part has nothing to do
-        _run_batch(scans, target, model, options, workers, preview, quiet)
+        _run_batch(scans, target, model, options, workers, preview, quiet, channels)
         return
     if out_dir is not None and output is not None:
         raise EdgesegError("give the output either as -o or as a second argument, not both")
     _run_single(
         input_path, output or out_dir or _default_output(input_path), model, options, preview, quiet
     )
+
+
+def _model_channels(model: Path | None) -> int:
+    """The model's input channels, from its manifest (read before the model compiles, so
+    that the scan's other channel files are read beside it)."""
+    from edge_seg.bundle import default_bundle_dir, load_bundle
+
+    return len(load_bundle(model if model is not None else default_bundle_dir()).channels)
 
 
 def _run_single(
@@ -169,7 +180,7 @@ def _run_single(
         # Checked now: the label map is written before the preview, and a preview that
         # cannot be written must not leave a label map behind an error exit.
         check_writable_location(preview)
-    predictor, volume = open_predictor_and_read(model, options, scan)
+    predictor, volume = open_predictor_and_read(model, options, scan, _model_channels(model))
     prediction = predictor.predict(volume)
     write_label_map(prediction.labels, volume, out)
     if preview is not None:
@@ -194,6 +205,7 @@ def _run_batch(
     workers: int,
     preview: Path | None,
     quiet: bool,
+    channels: int = 1,
 ) -> None:
     from rich.markup import escape
     from rich.progress import (
@@ -232,7 +244,7 @@ def _run_batch(
                 )
             progress.advance(task)
 
-        report = run_batch(scans, out_dir, model, options, workers, preview, advance)
+        report = run_batch(scans, out_dir, model, options, workers, preview, advance, channels)
     if not quiet:
         typer.echo(
             f"{report.count('done')} segmented, {report.count('skipped')} already done, "

@@ -1,0 +1,103 @@
+"""Models of several input channels: ``<case>_0000``, ``_0001``, ... read together, as nnU-Net.
+
+The test bundle's channel 1 makes the spleen win where it is bright, so a label map shows that
+the second file was found, put on the grid of the first and fed to the network.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+sys.path.insert(0, str(Path(__file__).parent))
+from helpers_bundle import LABELS, make_bundle
+from test_predict_cli import edgeseg, write_scan
+
+from edge_seg.channels import channel_of, first_channel_scans
+from edge_seg.io import read_volume
+
+BOX = (slice(4, 10), slice(4, 12), slice(4, 12))
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_bundle(tmp_path_factory.mktemp("two_channels"), channels=2)
+
+
+def _second_channel(first: Path, bright: bool = True, spacing: float | None = None) -> Path:
+    """Channel 1 beside ``first``: air, with a bright box where the spleen must then win."""
+    reference = sitk.ReadImage(str(first))
+    array = np.zeros(sitk.GetArrayFromImage(reference).shape, np.int16)
+    if bright:
+        array[BOX] = 1000
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(reference)
+    if spacing is not None:
+        image.SetSpacing((spacing, spacing, spacing))
+    path = first.with_name(first.name.replace("_0000", "_0001"))
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def test_the_second_channel_is_found_and_used(bundle: Path, tmp_path: Path) -> None:
+    (tmp_path / "bright").mkdir()
+    (tmp_path / "dark").mkdir()
+    first = write_scan(tmp_path / "bright" / "case_0000.nii.gz")
+    _second_channel(first)
+    dark = write_scan(tmp_path / "dark" / "case_0000.nii.gz")
+    _second_channel(dark, bright=False)
+    for scan in (first, dark):
+        result = edgeseg(scan, "--model", bundle, "-o", scan.parent / "seg.nii.gz",
+                         "--crop", "none", "--no-lcc", "--min-component-ml", "0")
+        assert result.returncode == 0, result.stderr
+    bright = read_volume(first.parent / "seg.nii.gz").array
+    plain = read_volume(dark.parent / "seg.nii.gz").array
+    assert (bright[BOX] == LABELS["spleen"]).mean() > 0.9
+    assert (plain[BOX] == LABELS["spleen"]).mean() < 0.5  # the box is not spleen in channel 0
+    # Away from the box (and its resampling margin) channel 1 changes nothing.
+    margin = np.ones(bright.shape, bool)
+    margin[2:12, 2:14, 2:14] = False
+    assert np.array_equal(bright[margin], plain[margin])
+
+
+def test_a_missing_or_misplaced_channel_is_refused(bundle: Path, tmp_path: Path) -> None:
+    first = write_scan(tmp_path / "case_0000.nii.gz")
+    out = tmp_path / "seg.nii.gz"
+    result = edgeseg(first, "--model", bundle, "-o", out)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"edgeseg: error: {first}: the model takes 2 input channels; case_0001.nii.gz missing "
+        "beside it")
+    _second_channel(first, spacing=3.0)
+    result = edgeseg(first, "--model", bundle, "-o", out)
+    assert result.returncode == 2
+    assert "case_0001.nii.gz: not on the grid of case_0000.nii.gz (spacing" in result.stderr
+    plain = write_scan(tmp_path / "scan.nii.gz")
+    result = edgeseg(plain, "--model", bundle, "-o", out)
+    assert result.returncode == 2 and "give the _0000 file" in result.stderr
+    assert not out.exists()
+
+
+def test_batch_groups_the_channel_files_of_a_case(bundle: Path, tmp_path: Path) -> None:
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    _second_channel(write_scan(inputs / "a_0000.nii.gz"))
+    write_scan(inputs / "b_0000.nii.gz", seed=1)  # its _0001 is missing
+    result = edgeseg(inputs, outputs, "--model", bundle)
+    assert result.returncode == 2
+    assert "1 segmented, 0 already done, 1 failed" in result.stdout
+    assert "b_0001.nii.gz missing beside it" in result.stdout
+    assert sorted(p.name for p in outputs.iterdir()) == ["a.nii.gz"]
+
+
+def test_channel_numbers_and_case_files() -> None:
+    assert [channel_of(Path(n)) for n in ("c_0000.nii.gz", "c_0012.mha", "c.nii", "c_01.nrrd")] \
+        == [0, 12, None, None]
+    scans = [Path(n) for n in ("a_0000.nii.gz", "a_0001.nii.gz", "a_0002.nii.gz", "x.nii.gz")]
+    assert first_channel_scans(scans, 2) == [scans[0], scans[2], scans[3]]
+    assert first_channel_scans(scans, 3) == [scans[0], scans[3]]
+    assert first_channel_scans(scans, 1) == scans
