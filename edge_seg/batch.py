@@ -29,11 +29,12 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from edge_seg.channels import read_channels
+from edge_seg.channels import read_channels, stray_channel_files
 from edge_seg.dicom import _dicom_series_files, looks_like_dicom
 from edge_seg.errors import EdgesegError, NotEnoughMemoryError
 from edge_seg.io import (
     Volume,
+    check_itk_name,
     is_volume_file,
     strip_volume_suffix,
     write_label_map,
@@ -207,6 +208,16 @@ def _remove_case_temporaries(target: Path, preview_dir: Path | None) -> None:
 
 
 _WORKER: Predictor | None = None
+
+
+def _channel_count(bundle_dir: str | Path | None) -> int:
+    """The model's input channels, from its manifest alone (before the model compiles)."""
+    from edge_seg.bundle import default_bundle_dir, load_bundle
+
+    try:
+        return len(load_bundle(bundle_dir or default_bundle_dir()).channels)
+    except EdgesegError:
+        return 1  # the Predictor reports the bundle's problem, against every case
 
 
 def _init_worker(bundle_dir: str | None, options: PredictOptions) -> None:
@@ -418,9 +429,9 @@ def _run_in_process(
     options: PredictOptions,
     preview: str | None,
     record: Callable[[CaseResult], None],
-    channels: int = 1,
 ) -> None:
     """Segment ``todo`` in this process, pipelined (see :func:`_run_pipelined`)."""
+    channels = _channel_count(bundle)
     with ThreadPoolExecutor(1, thread_name_prefix="edgeseg-read") as first:
         # The first scan is read while the model compiles.
         first_read = first.submit(read_channels, str(todo[0][0]), channels)
@@ -476,12 +487,12 @@ def run_batch(
     workers: int = 1,
     preview_dir: Path | None = None,
     on_result: Callable[[CaseResult], None] | None = None,
-    channels: int = 1,
 ) -> BatchReport:
     """Segment ``scans`` into ``out_dir`` (``<case>.nii.gz``), skipping finished cases.
 
-    ``channels``: the model's input channels; each scan is then a case's channel-0 file, the
-    others read beside it (:mod:`edge_seg.channels`).
+    For a model of several input channels each scan is a case's channel-0 file, the others
+    read beside it (:mod:`edge_seg.channels`); files of channels the model does not take
+    fail as cases of their own.
 
     Raises
     ------
@@ -489,6 +500,7 @@ def run_batch(
         On SIGINT or SIGTERM: pending cases are cancelled, worker processes terminated and
         temporary files removed; the finished outputs stay, and a rerun resumes.
     """
+    check_itk_name(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = BatchReport()
 
@@ -499,10 +511,11 @@ def run_batch(
 
     todo: list[tuple[Path, Path]] = []
     clashes = _name_clashes(scans)
+    stray = stray_channel_files(scans, _channel_count(bundle_dir)) if scans else {}
     for scan in scans:
         target = output_path(out_dir, scan)
-        if scan in clashes:
-            record(CaseResult(case_name(scan), "failed", clashes[scan]))
+        if scan in clashes or scan in stray:
+            record(CaseResult(case_name(scan), "failed", clashes.get(scan) or stray[scan]))
             continue
         _remove_case_temporaries(target, preview_dir)
         if target.exists():
@@ -517,7 +530,7 @@ def run_batch(
     try:
         with _sigterm_as_interrupt():
             if workers == 1:
-                _run_in_process(todo, bundle, options, preview, record, channels)
+                _run_in_process(todo, bundle, options, preview, record)
             else:
                 _run_in_pool(todo, bundle, options, preview, record, workers)
     except KeyboardInterrupt as exc:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_seg.errors import EdgesegError
-from edge_seg.io import Volume, read_volume, strip_volume_suffix, volume_suffix
+from edge_seg.io import Volume, read_volume, strip_volume_suffix
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
@@ -39,15 +39,19 @@ def channel_files(first: Path, count: int) -> list[Path]:
     EdgesegError
         If ``first`` is not a channel-0 file or a channel file is missing, naming it.
     """
-    suffix = volume_suffix(first.name)
-    match = _CHANNEL.match(strip_volume_suffix(first.name))
-    if first.is_dir() or suffix is None or match is None or match.group("channel") != "0000":
+    stem = strip_volume_suffix(first.name)
+    suffix = first.name[len(stem):]  # as written (.NII.GZ stays upper case)
+    match = _CHANNEL.match(stem)
+    if first.is_dir() or not suffix or match is None or match.group("channel") != "0000":
         raise EdgesegError(
             f"{first}: the model takes {count} input channels, one file each named as nnU-Net "
             "names them (<case>_0000.nii.gz, <case>_0001.nii.gz, ...); give the _0000 file"
         )
     case = match.group("case")
     files = [first.with_name(f"{case}_{k:04d}{suffix}") for k in range(count)]
+    if not first.is_file():  # a case whose other channel files are there
+        raise EdgesegError(f"{first}: channel 0 of case {case} is missing (the model takes "
+                           f"{count} input channels)")
     missing = [p.name for p in files if not p.is_file()]
     if missing:
         raise EdgesegError(
@@ -89,9 +93,42 @@ def _grid_difference(reference: Volume, other: Volume) -> str:
 
 
 def first_channel_scans(scans: Sequence[Path], count: int) -> list[Path]:
-    """The scans of a batch folder that are cases of a ``count``-channel model: the channel-0
-    files (and anything else, which then fails as a case by name); the files of channels
-    1..count-1 are read with their channel-0 file, not as cases of their own."""
+    """The scans of a batch folder that are cases of a ``count``-channel model.
+
+    The channel-0 files, and anything else (which then fails as a case, by name). A file of
+    channel 1..count-1 is read with its channel-0 file, not as a case; where that file is
+    missing, the channel-0 path stands in for the case, so that it fails naming it instead
+    of vanishing from the batch. With ``count`` 1 every file is a case.
+    """
     if count == 1:
         return list(scans)
-    return [s for s in scans if not (channel_of(s) is not None and 0 < channel_of(s) < count)]
+    names = {s.name for s in scans}
+    cases: list[Path] = []
+    for scan in scans:
+        channel = channel_of(scan)
+        if channel is None or channel == 0 or channel >= count:
+            cases.append(scan)
+            continue
+        stem = strip_volume_suffix(scan.name)
+        first = scan.with_name(f"{stem[:-4]}0000{scan.name[len(stem):]}")
+        if first.name not in names and first not in cases:
+            cases.append(first)
+    return cases
+
+
+def stray_channel_files(scans: Sequence[Path], count: int) -> dict[Path, str]:
+    """Files of channels >= ``count`` beside a channel-0 file (a 3-channel MR case given to a
+    1-channel model), each with a one-line message: they are not scans of their own, as
+    nnU-Net groups ``<case>_XXXX`` files into one case, and the model cannot take them."""
+    names = {s.name for s in scans}
+    stray: dict[Path, str] = {}
+    for scan in scans:
+        channel = channel_of(scan)
+        if channel is None or channel < count:
+            continue
+        stem = strip_volume_suffix(scan.name)
+        first = f"{stem[:-4]}0000{scan.name[len(stem):]}"
+        if first in names:
+            stray[scan] = (f"{scan}: channel {channel} of the case of {first}, but the model "
+                           f"takes {count} input channel(s); not segmented")
+    return stray

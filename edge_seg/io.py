@@ -323,6 +323,7 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
             f"use {single} (the same format in one file) or another of {known}"
         )
     _check_nifti_letter_case(path, suffix)
+    check_itk_name(path)
     check_writable_location(path)
     return path
 

@@ -117,13 +117,18 @@ def read_mask_folder(folder: Path, labels: LabelSet,
             f"as {', '.join(f'{o}.nii.gz' for o in labels.organs[:3])})"
         )
     wanted = [o for o in available if organs is None or o in organs]
+    # A later class takes a shared voxel whether it is scored or not, so the masks of the
+    # organs after the first wanted one are read too (a scored organ's voxels must not
+    # depend on --organ); those that are not wanted only clear voxels.
+    start = available.index(wanted[0]) if wanted else len(available)
+    to_read = available[start:]
     # The grid comes from a mask even when no wanted organ has one (it is then not segmented).
-    reference = read_label_file(found[(wanted or available)[0]])
+    reference = read_label_file(found[(to_read or available)[0]])
     values = [labels.representative_value(o) for o in wanted] or [0]
     merged = np.zeros(reference.array.shape, np.uint8 if max(values) <= 255 else np.uint16)
     owner = {labels.representative_value(o): o for o in wanted}
     shared: dict[tuple[str, str], int] = {}
-    for organ in wanted:
+    for organ in to_read:
         path = found[organ]
         volume = reference if path == reference.path else read_label_file(path)
         problem = same_geometry(reference, volume, check_position=True)
@@ -135,7 +140,7 @@ def read_mask_folder(folder: Path, labels: LabelSet,
         for value, count in zip(*np.unique(earlier[earlier != 0], return_counts=True),
                                 strict=True):
             shared[owner[int(value)], organ] = int(count)
-        merged[inside] = labels.representative_value(organ)
+        merged[inside] = labels.representative_value(organ) if organ in wanted else 0
     notes = []
     if shared:
         pairs = "; ".join(f"{a} and {b}: {n}" for (a, b), n in list(shared.items())[:4])

@@ -101,3 +101,46 @@ def test_channel_numbers_and_case_files() -> None:
     assert first_channel_scans(scans, 2) == [scans[0], scans[2], scans[3]]
     assert first_channel_scans(scans, 3) == [scans[0], scans[3]]
     assert first_channel_scans(scans, 1) == scans
+
+
+def test_upper_case_suffixes_and_python_run_batch(bundle: Path, tmp_path: Path) -> None:
+    from edge_seg.batch import run_batch
+    from edge_seg.options import PredictOptions
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for case in ("a", "b"):  # ITK writes no upper-case NIfTI suffix, but reads one
+        first = write_scan(inputs / f"{case}_0000.nii.gz")
+        for path in (first, _second_channel(first)):
+            path.rename(path.with_name(path.name.replace(".nii.gz", ".NII.GZ")))
+    scans = first_channel_scans(sorted(inputs.iterdir()), 2)
+    # The channel count comes from the bundle, for the first case as for the others.
+    report = run_batch(scans, tmp_path / "out", bundle, PredictOptions(threads=1))
+    assert [(r.name, r.status) for r in report.results] == [("a", "done"), ("b", "done")]
+
+
+def test_a_case_without_its_channel_0_file_fails_by_name(bundle: Path, tmp_path: Path) -> None:
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    _second_channel(write_scan(inputs / "a_0000.nii.gz"))
+    _second_channel(write_scan(inputs / "b_0000.nii.gz", seed=1))
+    (inputs / "b_0000.nii.gz").unlink()
+    result = edgeseg(inputs, outputs, "--model", bundle)
+    assert result.returncode == 2
+    assert "b_0000.nii.gz: channel 0 of case b is missing" in result.stdout
+    assert "1 segmented, 0 already done, 1 failed" in result.stdout
+
+
+def test_a_one_channel_model_does_not_take_other_channel_files_as_scans(tmp_path: Path) -> None:
+    # nnU-Net groups <case>_XXXX files into one case; segmenting a_0001 as a CT of its own
+    # would write an a_0001.nii.gz nobody asked for.
+    one = make_bundle(tmp_path / "one")
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    _second_channel(write_scan(inputs / "a_0000.nii.gz"))
+    write_scan(inputs / "c_0000.nii.gz", seed=2)
+    result = edgeseg(inputs, outputs, "--model", one)
+    assert result.returncode == 2
+    assert ("a_0001.nii.gz: channel 1 of the case of a_0000.nii.gz, but the model takes 1 "
+            "input channel(s); not segmented") in result.stdout
+    assert sorted(p.name for p in outputs.iterdir()) == ["a.nii.gz", "c.nii.gz"]

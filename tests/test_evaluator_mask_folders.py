@@ -121,6 +121,11 @@ def test_overlapping_masks_go_to_the_later_totalsegmentator_class(label_maps, tm
     assert any("lie in two masks" in w for w in summary["warnings"])
     rows = {(r["case"], r["organ"]): r for r in _rows(tmp_path / "out")}
     assert (rows["s0001", "liver"]["fp"], rows["s0001", "spleen"]["fn"]) == ("1", "1")
+    # Scoring the spleen alone leaves the liver's claim on the voxel in force.
+    code, err = _score(pred, gt_maps, tmp_path / "spleen", capsys, "--organ", "spleen")
+    assert code == 0, err
+    alone = {(r["case"], r["organ"]): r for r in _rows(tmp_path / "spleen")}
+    assert alone["s0001", "spleen"] == rows["s0001", "spleen"]
     assert rows["s0002", "liver"]["dsc"] == "1"  # the other case is untouched
 
 

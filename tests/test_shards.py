@@ -105,3 +105,18 @@ def test_a_file_name_that_is_not_utf8_fails_its_case_only(tmp_path: Path) -> Non
     assert "the file name is not valid UTF-8, which ITK cannot open; rename it" in stdout
     assert sorted(p.name for p in outputs.iterdir()) == ["good.nii.gz"]
     assert stderr.strip().endswith("1 of 2 cases failed: M\\xfcller")
+
+
+def test_an_output_name_that_is_not_utf8_is_refused_before_the_work(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    scan = write_scan(tmp_path / "scan.nii.gz")
+    out = os.fsencode(tmp_path) + b"/seg\xe9.nii.gz"
+    result = subprocess.run([sys.executable, "-m", "edge_seg", "predict", os.fsencode(scan),
+                             "-o", out, "--model", os.fsencode(make_bundle(tmp_path / "b"))],
+                            capture_output=True, timeout=300)
+    stderr = result.stderr.decode(errors="replace")
+    assert result.returncode == 2
+    assert "seg\\xe9.nii.gz: the file name is not valid UTF-8" in stderr
+    assert "Traceback" not in stderr and not os.path.exists(out)

@@ -145,7 +145,7 @@ def predict(
                            f"{input_path}", err=True)
             if not scans:
                 return  # more shards than scans: this part has nothing to do
-        _run_batch(scans, target, model, options, workers, preview, quiet, channels)
+        _run_batch(scans, target, model, options, workers, preview, quiet)
         return
     if out_dir is not None and output is not None:
         raise EdgesegError("give the output either as -o or as a second argument, not both")
@@ -205,7 +205,6 @@ def _run_batch(
     workers: int,
     preview: Path | None,
     quiet: bool,
-    channels: int = 1,
 ) -> None:
     from rich.markup import escape
     from rich.progress import (
@@ -244,7 +243,7 @@ def _run_batch(
                 )
             progress.advance(task)
 
-        report = run_batch(scans, out_dir, model, options, workers, preview, advance, channels)
+        report = run_batch(scans, out_dir, model, options, workers, preview, advance)
     if not quiet:
         typer.echo(
             f"{report.count('done')} segmented, {report.count('skipped')} already done, "
