@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_seg.channels import first_channel_scans
 from edge_seg.errors import EdgesegError, require_folder
 from edge_seg.profiling import (
     DEFAULT_INTERVAL_S,
@@ -223,10 +224,12 @@ def image_shape(path: Path) -> tuple[int, ...] | None:
         return None  # unreadable: the child will report the real problem
 
 
-def discover_cases(cases_dir: Path) -> list[BenchmarkCase]:
+def discover_cases(cases_dir: Path, channels: int = 1) -> list[BenchmarkCase]:
     """Image files (or DICOM series folders) of a case folder, sorted by case name.
 
     A FLARE/nnU-Net dataset folder is accepted too: its ``imagesTs`` (or ``imagesTr``) is used.
+    For a model of several input ``channels`` a case is its ``_0000`` file, the others read
+    beside it by ``edgeseg predict`` (:mod:`edge_seg.channels`).
 
     Raises
     ------
@@ -244,6 +247,7 @@ def discover_cases(cases_dir: Path) -> list[BenchmarkCase]:
     images = [p for p in entries if _is_image(p)]
     if not images:
         images = [p for p in entries if _is_dicom_series(p)]
+    images = first_channel_scans(images, channels)
     if not images:
         raise EdgesegError(
             f"{cases_dir}: no images found (looked for {', '.join(IMAGE_SUFFIXES)} files "

@@ -154,7 +154,7 @@ def run_benchmark_command(
     err = Console(stderr=True, soft_wrap=True)
     _check_numbers(time_limit, interval, max_slowdown, max_drop)
     check_output(output, overwrite=overwrite)
-    cases = discover_cases(cases_dir)
+    cases = discover_cases(cases_dir, _model_channels(model))
     configs = build_configs(compare)
     if model_check is not None:
         model_check(model, configs, predict_options)
@@ -202,6 +202,17 @@ def run_benchmark_command(
     problem = incomplete_message(run, output)
     if problem is not None:
         raise IncompleteRunError(problem)
+
+
+def _model_channels(model: Path | None) -> int:
+    """The model's input channels, from its manifest (1 where it cannot be read: the model
+    check and the children report that problem)."""
+    from edge_seg.bundle import default_bundle_dir, load_bundle
+
+    try:
+        return len(load_bundle(model if model is not None else default_bundle_dir()).channels)
+    except EdgesegError:
+        return 1
 
 
 def _check_numbers(

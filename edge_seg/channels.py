@@ -80,6 +80,17 @@ def read_channels(first: str | Path, count: int = 1) -> Volume:
     return volume
 
 
+def channel_volumes(volume: Volume, rows: slice | None = None) -> list[Volume]:
+    """One :class:`Volume` per input channel of ``volume`` (channel 0 first), as
+    :func:`edge_seg.preprocess.preprocess` takes them; ``rows``: only these z-slices (views,
+    no copy)."""
+    rows = rows if rows is not None else slice(None)
+    return [
+        Volume(array[rows], volume.spacing_mm, volume.origin, volume.direction, volume.path)
+        for array in (volume.array, *volume.extra_channels)
+    ]
+
+
 def _grid_difference(reference: Volume, other: Volume) -> str:
     if other.array.shape != reference.array.shape:
         return f"shape {other.array.shape} != {reference.array.shape}"

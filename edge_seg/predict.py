@@ -17,6 +17,7 @@ import numpy as np
 
 from edge_seg.backends.base import ModelChoice, Session, open_session, validated_choice
 from edge_seg.bundle import DEFAULT_BUNDLE, Bundle, default_bundle_dir, load_bundle
+from edge_seg.channels import channel_volumes
 from edge_seg.crop import (
     TILE_CACHE_BYTES,
     coarse_foreground,
@@ -211,11 +212,7 @@ class Predictor:
         z_keep = slice(0, volume.shape[0])
         if self.crop.mode == "middle":
             z_keep = middle_slices(volume.shape[0], self.crop.slices)
-        # One volume per input channel, channel 0 first (channels 1.. share its grid).
-        scan = [
-            Volume(array[z_keep], volume.spacing_mm, volume.origin, volume.direction, volume.path)
-            for array in (volume.array, *volume.extra_channels)
-        ]
+        scan = channel_volumes(volume, z_keep)  # channel 0 first; channels 1.. on its grid
 
         t = time.perf_counter()
         image, geometry = preprocess(scan, bundle, options.threads)

@@ -18,7 +18,7 @@ import numpy as np
 
 from edge_seg.bundle import Bundle
 from edge_seg.errors import EdgesegError, require_folder
-from edge_seg.io import VOLUME_SUFFIXES, Volume, read_volume
+from edge_seg.io import VOLUME_SUFFIXES, Volume
 
 DEFAULT_PATCHES_PER_IMAGE = 4
 
@@ -31,8 +31,12 @@ class PatchSet:
     sources: list[str]
 
 
-def list_images(folder: str | Path) -> list[Path]:
-    """Image files (NIfTI/MHA/NRRD) and DICOM series folders directly inside ``folder``."""
+def list_images(folder: str | Path, channels: int = 1) -> list[Path]:
+    """Image files (NIfTI/MHA/NRRD) and DICOM series folders directly inside ``folder``; for a
+    model of several ``channels``, one entry per case (its ``_0000`` file, see
+    :mod:`edge_seg.channels`)."""
+    from edge_seg.channels import first_channel_scans
+
     folder = require_folder(folder, "image folder")
     found = []
     for path in sorted(folder.iterdir()):
@@ -42,15 +46,19 @@ def list_images(folder: str | Path) -> list[Path]:
         is_dicom = path.is_dir() and any(p.suffix.lower() == ".dcm" for p in path.iterdir())
         if is_file or is_dicom:
             found.append(path)
-    return found
+    return first_channel_scans(found, channels)
 
 
-def read_images(paths: Sequence[Path], folder: str | Path) -> tuple[list[Volume], list[str]]:
-    """Read what can be read; return the volumes and one line per unreadable file."""
+def read_images(paths: Sequence[Path], folder: str | Path,
+                channels: int = 1) -> tuple[list[Volume], list[str]]:
+    """Read what can be read; return the volumes and one line per unreadable file
+    (``channels``: the model's input channels, each path a case's ``_0000`` file)."""
+    from edge_seg.channels import read_channels
+
     volumes, problems = [], []
     for path in paths:
         try:
-            volumes.append(read_volume(path))
+            volumes.append(read_channels(path, channels))
         except EdgesegError as exc:
             problems.append(str(exc))
     if not volumes:
@@ -61,9 +69,10 @@ def read_images(paths: Sequence[Path], folder: str | Path) -> tuple[list[Volume]
 
 def preprocessed_array(volume: Volume, bundle: Bundle) -> np.ndarray:
     """The runtime's preprocessing of ``volume`` as a float32 ``(C, z, y, x)`` array."""
+    from edge_seg.channels import channel_volumes
     from edge_seg.preprocess import preprocess
 
-    image, _geometry = preprocess(volume, bundle)
+    image, _geometry = preprocess(channel_volumes(volume), bundle)
     return np.asarray(image, dtype=np.float32)
 
 
@@ -169,11 +178,14 @@ def validation_inputs(
     """One real preprocessed patch (the most textured window) for the export's ONNX check,
     from the first of ``images`` that reads (one damaged file does not stop the export; the
     error names the first problem only when none reads)."""
+    from edge_seg.channels import first_channel_scans, read_channels
+
+    count = len(bundle.channels)
     if images:
         problems = []
-        for path in images:
+        for path in first_channel_scans(images, count):
             try:
-                volume = read_volume(path)
+                volume = read_channels(path, count)
                 break
             except EdgesegError as exc:
                 problems.append(str(exc))
@@ -181,6 +193,9 @@ def validation_inputs(
             raise EdgesegError(f"{images[0].parent}: no readable images ({problems[0]})")
     else:
         volume = phantom_volume(bundle, seed)
+        # The phantom has one image: every channel gets it (the check compares ONNX Runtime
+        # with PyTorch on the same input, whatever the channels mean).
+        volume.extra_channels = [volume.array] * (count - 1)
     array = preprocessed_array(volume, bundle)
     patch, start = patches_from_array(array, bundle.patch_size, 1)[0]
     where = "phantom" if not images else "image"

@@ -123,11 +123,12 @@ def network_logits(bundle: Bundle, session: Session, volume: Volume,
 
     No crop, no post-processing; a network with a presence input gets the all-present prior.
     """
+    from edge_seg.channels import channel_volumes
     from edge_seg.preprocess import preprocess
     from edge_seg.window import sliding_window
     from export.calibration import presence_prior
 
-    image, _ = preprocess(volume, bundle, threads)
+    image, _ = preprocess(channel_volumes(volume), bundle, threads)
     prior = presence_prior(bundle)
 
     def run_patches(tiles: Iterable[np.ndarray]) -> Iterator[np.ndarray]:

@@ -55,14 +55,15 @@ FILE_KEYS = {backend: key for key, backend in INT8_BACKENDS.items()}
 
 
 def split_images(
-    calib: str | Path, holdout: str | Path | None
+    calib: str | Path, holdout: str | Path | None, channels: int = 1
 ) -> tuple[list[Path], list[Path], str]:
-    """Calibration and held-out image paths (a quarter of ``calib`` is held out if needed)."""
-    calib_paths = list_images(calib)
+    """Calibration and held-out image paths (a quarter of ``calib`` is held out if needed);
+    for a model of several ``channels`` one path per case, so a case is never split."""
+    calib_paths = list_images(calib, channels)
     if not calib_paths:
         raise EdgesegError(f"{calib}: no images found (NIfTI, MHA, NRRD or DICOM folders)")
     if holdout is not None:
-        holdout_paths = list_images(holdout)
+        holdout_paths = list_images(holdout, channels)
         if not holdout_paths:
             raise EdgesegError(f"{holdout}: no images found (NIfTI, MHA, NRRD or DICOM folders)")
         overlap = {p.resolve() for p in calib_paths} & {p.resolve() for p in holdout_paths}
@@ -200,12 +201,13 @@ def quantize_bundle(
     if not backends:
         raise EdgesegError(f"--backend: give one or more of {', '.join(BACKENDS)}")
     check_fp32_model(bundle)
-    calib_paths, holdout_paths, split_note = split_images(calib, holdout)
-    calib_volumes, calib_problems = read_images(calib_paths, calib)
+    channels = len(bundle.channels)
+    calib_paths, holdout_paths, split_note = split_images(calib, holdout, channels)
+    calib_volumes, calib_problems = read_images(calib_paths, calib, channels)
     # Without --holdout the held-out images are the folder's last ones: say so when none of
     # them reads, rather than that the folder has no readable image.
     held_out = holdout or f"{calib} (held out: the last {len(holdout_paths)} of its images)"
-    holdout_volumes, holdout_problems = read_images(holdout_paths, held_out)
+    holdout_volumes, holdout_problems = read_images(holdout_paths, held_out, channels)
     for problem in calib_problems + holdout_problems:
         log(f"skipped: {problem}")
     patches = patch_set(calib_volumes, bundle, patches_per_image)

@@ -34,8 +34,10 @@ def tiny_architecture() -> dict:
     return nnunet_arch_kwargs(strides, kernels, base_features=4, max_features=16)
 
 
-def make_results_folder(root: Path, seed: int = 0, folds: tuple[int, ...] = (0,)) -> Path:
-    """Write an nnU-Net v2 results folder (one checkpoint per fold) and return its path."""
+def make_results_folder(root: Path, seed: int = 0, folds: tuple[int, ...] = (0,),
+                        channels: int = 1) -> Path:
+    """Write an nnU-Net v2 results folder (one checkpoint per fold) and return its path
+    (``channels`` > 1: a model of that many CT input channels)."""
     import torch
 
     from export.networks.plain_unet import build_plain_unet
@@ -48,14 +50,16 @@ def make_results_folder(root: Path, seed: int = 0, folds: tuple[int, ...] = (0,)
         architecture=tiny_architecture(),
         spacing_mm=TINY_SPACING,
         patch_size=TINY_PATCH,
-        intensity_properties=[dict(CT_STATS)],
+        intensity_properties=[dict(CT_STATS) for _ in range(channels)],
         training_spacings=[TINY_SPACING] * 2,
         training_shapes=[(24, 48, 48)] * 2,
+        channel_names={str(c): "CT" if c == 0 else f"CT phase {c}" for c in range(channels)},
+        normalization_schemes=["CTNormalization"] * channels,
     )
     folder = None
     for fold in folds:
         torch.manual_seed(seed + fold)
-        network = build_plain_unet(description.architecture, 1, len(TINY_LABELS))
+        network = build_plain_unet(description.architecture, channels, len(TINY_LABELS))
         optimizer = torch.optim.SGD(network.parameters(), lr=0.01, momentum=0.99, nesterov=True)
         log = {
             "mean_fg_dice": [np.float64(0.25)], "ema_fg_dice": [np.float64(0.25)],

@@ -38,7 +38,8 @@ def _second_channel(first: Path, bright: bool = True, spacing: float | None = No
     image.CopyInformation(reference)
     if spacing is not None:
         image.SetSpacing((spacing, spacing, spacing))
-    path = first.with_name(first.name.replace("_0000", "_0001"))
+    head, _, tail = first.name.rpartition("_0000")
+    path = first.with_name(f"{head}_0001{tail}")
     sitk.WriteImage(image, str(path))
     return path
 
@@ -144,3 +145,51 @@ def test_a_one_channel_model_does_not_take_other_channel_files_as_scans(tmp_path
     assert ("a_0001.nii.gz: channel 1 of the case of a_0000.nii.gz, but the model takes 1 "
             "input channel(s); not segmented") in result.stdout
     assert sorted(p.name for p in outputs.iterdir()) == ["a.nii.gz", "c.nii.gz"]
+
+
+def test_a_two_channel_nnunet_model_exports_and_runs(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("dynamic_network_architectures")
+    from export_fixtures import make_results_folder, run_cli, write_ct_image
+
+    results = make_results_folder(tmp_path / "nnUNet_results", seed=1, channels=2)
+    images = tmp_path / "images"
+    first = write_ct_image(images / "c_0000.nii.gz", seed=0)
+    _second_channel(first)
+    for extra in ([], ["--images", str(images)]):  # the phantom check, then a real case
+        out = tmp_path / f"bundle{len(extra)}"
+        code, stdout, err = run_cli(["export", "nnunet", str(results), "-o", str(out),
+                                     *extra], capsys)
+        assert code == 0, err
+        assert "ONNX checker passed" in stdout
+    result = edgeseg(first, "--model", out, "-o", tmp_path / "seg.nii.gz")
+    assert result.returncode == 0, result.stderr
+    assert read_volume(tmp_path / "seg.nii.gz").shape == read_volume(first).shape
+
+
+def test_quantize_takes_a_case_with_all_its_channels(tmp_path: Path) -> None:
+    # One entry per case: channel files are neither images of their own nor split between
+    # the calibration and the held-out sets.
+    import subprocess
+
+    bundle = make_bundle(tmp_path / "b", channels=2)
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        _second_channel(write_scan(images / f"c{i}_0000.nii.gz", seed=i))
+    result = subprocess.run([sys.executable, "-m", "edge_seg", "quantize", str(bundle),
+                             "--calib", str(images), "--backend", "onnxruntime"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "from 2 images; held out: 1 images" in result.stdout
+
+
+def test_benchmark_counts_cases_not_channel_files(tmp_path: Path) -> None:
+    from edge_seg.benchmark import discover_cases
+
+    for i in range(2):
+        _second_channel(write_scan(tmp_path / f"case_{i:04d}_0000.nii.gz", seed=i))
+    cases = discover_cases(tmp_path, channels=2)
+    assert [(c.case_id, c.image.name) for c in cases] == [
+        ("case_0000", "case_0000_0000.nii.gz"), ("case_0001", "case_0001_0000.nii.gz")]
+    assert len(discover_cases(tmp_path)) == 4  # a one-channel model: every file

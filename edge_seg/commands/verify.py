@@ -32,7 +32,8 @@ def register(app: typer.Typer) -> None:
         from export.fidelity import format_recheck, recheck_bundle
 
         loaded = load_bundle(bundle)
-        volumes, problems = read_images(list_images(images), images)
+        channels = len(loaded.channels)
+        volumes, problems = read_images(list_images(images, channels), images, channels)
         for problem in problems:
             typer.echo(f"skipped: {problem}", err=True)
         reports = recheck_bundle(loaded, volumes, threads, bar)
