@@ -34,9 +34,11 @@ def _onnx_model(
     k = len(centres)
     weight = np.zeros((k, channels, 1, 1, 1), np.float32)
     weight[:, 0, 0, 0, 0] = 2 * centres
-    # Channels 1.. vote for the spleen: where they are bright, the spleen wins whatever
-    # channel 0 says, so a test sees that a channel was read, aligned and used.
-    weight[LABELS["spleen"], 1:, 0, 0, 0] = 30.0
+    # Channel c >= 1 votes for organ class 4 - c (spleen, kidney_right, liver, ...): where it
+    # is bright that organ wins whatever channel 0 says, so a test sees that each channel was
+    # read, put in its place, aligned and used.
+    for c in range(1, channels):
+        weight[(k - 1) - (c - 1) % (k - 1), c, 0, 0, 0] = 30.0
     bias = (-(centres**2)).astype(np.float32)
     inits = [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "B")]
     nodes = [helper.make_node("Conv", ["image", "W", "B"], ["raw"], kernel_shape=[1, 1, 1])]
@@ -113,7 +115,8 @@ def make_bundle(
     channels: int = 1,
 ) -> Path:
     """Write a complete bundle folder and return it (``dynamic``: free spatial input axes;
-    ``channels`` > 1: channels 1.. make the spleen win where they are bright)."""
+    ``channels`` > 1: channel 1 makes the spleen win where it is bright, channel 2 the right
+    kidney, channel 3 the liver)."""
     import onnx
 
     folder.mkdir(parents=True, exist_ok=True)

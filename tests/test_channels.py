@@ -193,3 +193,25 @@ def test_benchmark_counts_cases_not_channel_files(tmp_path: Path) -> None:
     assert [(c.case_id, c.image.name) for c in cases] == [
         ("case_0000", "case_0000_0000.nii.gz"), ("case_0001", "case_0001_0000.nii.gz")]
     assert len(discover_cases(tmp_path)) == 4  # a one-channel model: every file
+
+
+def test_three_channels_are_read_in_their_order(tmp_path: Path) -> None:
+    # Channel 1 votes for the spleen, channel 2 for the right kidney: bright boxes in
+    # different places tell whether the files went to the right channels.
+    bundle = make_bundle(tmp_path / "b", channels=3)
+    first = write_scan(tmp_path / "case_0000.nii.gz")
+    _second_channel(first)  # bright BOX in channel 1
+    reference = sitk.ReadImage(str(first))
+    array = np.zeros(sitk.GetArrayFromImage(reference).shape, np.int16)
+    other = (slice(12, 18), slice(20, 28), slice(20, 28))
+    array[other] = 1000
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(reference)
+    sitk.WriteImage(image, str(tmp_path / "case_0002.nii.gz"))
+    out = tmp_path / "seg.nii.gz"
+    result = edgeseg(first, "--model", bundle, "-o", out, "--crop", "none", "--no-lcc",
+                     "--min-component-ml", "0")
+    assert result.returncode == 0, result.stderr
+    labels = read_volume(out).array
+    assert (labels[BOX] == LABELS["spleen"]).mean() > 0.9
+    assert (labels[other] == LABELS["kidney_right"]).mean() > 0.9
