@@ -211,13 +211,14 @@ _WORKER: Predictor | None = None
 
 
 def _channel_count(bundle_dir: str | Path | None) -> int:
-    """The model's input channels, from its manifest alone (before the model compiles)."""
-    from edge_seg.bundle import default_bundle_dir, load_bundle
+    """The model's input channels (1 where its manifest cannot be read: the Predictor then
+    reports the bundle's problem, against every case)."""
+    from edge_seg.bundle import model_channels
 
     try:
-        return len(load_bundle(bundle_dir or default_bundle_dir()).channels)
+        return model_channels(bundle_dir)
     except EdgesegError:
-        return 1  # the Predictor reports the bundle's problem, against every case
+        return 1
 
 
 def _init_worker(bundle_dir: str | None, options: PredictOptions) -> None:
@@ -429,9 +430,10 @@ def _run_in_process(
     options: PredictOptions,
     preview: str | None,
     record: Callable[[CaseResult], None],
+    channels: int,
 ) -> None:
-    """Segment ``todo`` in this process, pipelined (see :func:`_run_pipelined`)."""
-    channels = _channel_count(bundle)
+    """Segment ``todo`` in this process, pipelined (see :func:`_run_pipelined`); ``channels``:
+    the model's input channels, for the first read, made while the model compiles."""
     with ThreadPoolExecutor(1, thread_name_prefix="edgeseg-read") as first:
         # The first scan is read while the model compiles.
         first_read = first.submit(read_channels, str(todo[0][0]), channels)
@@ -511,7 +513,8 @@ def run_batch(
 
     todo: list[tuple[Path, Path]] = []
     clashes = _name_clashes(scans)
-    stray = stray_channel_files(scans, _channel_count(bundle_dir)) if scans else {}
+    channels = _channel_count(bundle_dir) if scans else 1
+    stray = stray_channel_files(scans, channels)
     for scan in scans:
         target = output_path(out_dir, scan)
         if scan in clashes or scan in stray:
@@ -530,7 +533,7 @@ def run_batch(
     try:
         with _sigterm_as_interrupt():
             if workers == 1:
-                _run_in_process(todo, bundle, options, preview, record)
+                _run_in_process(todo, bundle, options, preview, record, channels)
             else:
                 _run_in_pool(todo, bundle, options, preview, record, workers)
     except KeyboardInterrupt as exc:

@@ -204,13 +204,13 @@ def run_benchmark_command(
         raise IncompleteRunError(problem)
 
 
-def _model_channels(model: Path | None) -> int:
-    """The model's input channels, from its manifest (1 where it cannot be read: the model
-    check and the children report that problem)."""
-    from edge_seg.bundle import default_bundle_dir, load_bundle
+def _model_channels(model: Path) -> int:
+    """The model's input channels (1 where its manifest cannot be read: the model check and
+    the children report that problem)."""
+    from edge_seg.bundle import model_channels
 
     try:
-        return len(load_bundle(model if model is not None else default_bundle_dir()).channels)
+        return model_channels(model)
     except EdgesegError:
         return 1
 

@@ -192,6 +192,13 @@ def default_bundle_dir() -> Path:
     return DEFAULT_BUNDLE
 
 
+def model_channels(folder: str | Path | None) -> int:
+    """The input channels of the bundle in ``folder`` (the embedded default if None), from its
+    manifest alone: callers need it before the model compiles (to read a scan's channel
+    files beside it)."""
+    return len(load_bundle(folder if folder is not None else default_bundle_dir()).channels)
+
+
 def load_bundle(folder: str | Path) -> Bundle:
     """Read and check a bundle folder.
 

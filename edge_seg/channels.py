@@ -31,6 +31,16 @@ def channel_of(path: Path) -> int | None:
     return int(match.group("channel")) if match else None
 
 
+def sibling_channel(path: Path, channel: int) -> Path | None:
+    """The file of ``channel`` of the case ``path`` belongs to (``a_0001.NII.GZ``, 0 ->
+    ``a_0000.NII.GZ``, the suffix as written); None for a name without a channel suffix."""
+    stem = strip_volume_suffix(path.name)
+    match = _CHANNEL.match(stem)
+    if match is None:
+        return None
+    return path.with_name(f"{match.group('case')}_{channel:04d}{path.name[len(stem):]}")
+
+
 def channel_files(first: Path, count: int) -> list[Path]:
     """The files of channels 0..count-1 of the case whose channel-0 file is ``first``.
 
@@ -48,7 +58,7 @@ def channel_files(first: Path, count: int) -> list[Path]:
             "names them (<case>_0000.nii.gz, <case>_0001.nii.gz, ...); give the _0000 file"
         )
     case = match.group("case")
-    files = [first.with_name(f"{case}_{k:04d}{suffix}") for k in range(count)]
+    files = [first] + [sibling_channel(first, k) for k in range(1, count)]
     if not first.is_file():  # a case whose other channel files are there
         raise EdgesegError(f"{first}: channel 0 of case {case} is missing (the model takes "
                            f"{count} input channels)")
@@ -120,8 +130,7 @@ def first_channel_scans(scans: Sequence[Path], count: int) -> list[Path]:
         if channel is None or channel == 0 or channel >= count:
             cases.append(scan)
             continue
-        stem = strip_volume_suffix(scan.name)
-        first = scan.with_name(f"{stem[:-4]}0000{scan.name[len(stem):]}")
+        first = sibling_channel(scan, 0)
         if first.name not in names and first not in cases:
             cases.append(first)
     return cases
@@ -137,8 +146,7 @@ def stray_channel_files(scans: Sequence[Path], count: int) -> dict[Path, str]:
         channel = channel_of(scan)
         if channel is None or channel < count:
             continue
-        stem = strip_volume_suffix(scan.name)
-        first = f"{stem[:-4]}0000{scan.name[len(stem):]}"
+        first = sibling_channel(scan, 0).name
         if first in names:
             stray[scan] = (f"{scan}: channel {channel} of the case of {first}, but the model "
                            f"takes {count} input channel(s); not segmented")

@@ -352,7 +352,6 @@ def write_label_map(labels: np.ndarray, reference: Volume, path: str | os.PathLi
         first, so a failure leaves neither a partial file nor a temporary one.
     """
     path = check_output_path(path)
-    check_itk_name(path)
     if tuple(labels.shape) != tuple(reference.array.shape):
         raise EdgesegError(
             f"{path}: label map shape {labels.shape} differs from the scan shape "

@@ -34,6 +34,15 @@ def tiny_architecture() -> dict:
     return nnunet_arch_kwargs(strides, kernels, base_features=4, max_features=16)
 
 
+def make_workspace(root: Path) -> dict[str, Path]:
+    """A two-fold results folder and two real-looking CT images, as the export tests use."""
+    results = make_results_folder(root / "nnUNet_results", seed=3, folds=(0, 1))
+    images = root / "images"
+    for i in range(2):
+        write_ct_image(images / f"case{i}_0000.nii.gz", seed=i)
+    return {"root": root, "results": results, "images": images}
+
+
 def make_results_folder(root: Path, seed: int = 0, folds: tuple[int, ...] = (0,),
                         channels: int = 1) -> Path:
     """Write an nnU-Net v2 results folder (one checkpoint per fold) and return its path

@@ -27,9 +27,8 @@ from export_fixtures import (  # noqa: E402
     CT_STATS,
     TINY_LABELS,
     cli_without,
-    make_results_folder,
+    make_workspace,
     run_cli,
-    write_ct_image,
 )
 
 from edge_seg.bundle import load_bundle  # noqa: E402
@@ -37,12 +36,7 @@ from edge_seg.bundle import load_bundle  # noqa: E402
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("audit")
-    results = make_results_folder(root / "nnUNet_results", seed=3, folds=(0, 1))
-    images = root / "images"
-    for i in range(2):
-        write_ct_image(images / f"case{i}_0000.nii.gz", seed=i)
-    return {"root": root, "results": results, "images": images}
+    return make_workspace(tmp_path_factory.mktemp("audit"))
 
 
 def one_line_error(code: int, err: str, *expected: str) -> None:
@@ -388,12 +382,11 @@ def test_relative_checkpoint_path_with_several_folds_is_refused(workspace, capsy
 
 
 def test_2d_configuration_is_refused_by_name(workspace, capsys, tmp_path) -> None:
-    folder = tmp_path / "results"
-    shutil.copytree(workspace["results"], folder)
-    plans = json.loads((folder / "plans.json").read_text())
-    plans["configurations"]["2d"] = {**plans["configurations"]["3d_fullres"],
-                                     "patch_size": [128, 128], "spacing": [2.0, 2.0]}
-    (folder / "plans.json").write_text(json.dumps(plans))
+    def add_2d(plans: dict[str, Any]) -> None:
+        plans["configurations"]["2d"] = {**_config(plans), "patch_size": [128, 128],
+                                         "spacing": [2.0, 2.0]}
+
+    folder = edited(workspace, tmp_path, "plans.json", add_2d)
     out = tmp_path / "bundle"
     code, _, err = run_cli(["export", "nnunet", str(folder), "--configuration", "2d", "-o",
                             str(out)], capsys)
@@ -404,11 +397,10 @@ def test_2d_configuration_is_refused_by_name(workspace, capsys, tmp_path) -> Non
 def test_nnunet_ignore_label_is_not_an_output_channel(workspace, capsys, tmp_path) -> None:
     # nnU-Net trains without an output channel for "ignore" (sparse annotations); it was
     # refused as "weights do not fit the plans' architecture".
-    folder = tmp_path / "results"
-    shutil.copytree(workspace["results"], folder)
-    dataset = json.loads((folder / "dataset.json").read_text())
-    dataset["labels"]["ignore"] = max(dataset["labels"].values()) + 1
-    (folder / "dataset.json").write_text(json.dumps(dataset))
+    def add_ignore(dataset: dict[str, Any]) -> None:
+        dataset["labels"]["ignore"] = max(dataset["labels"].values()) + 1
+
+    folder = edited(workspace, tmp_path, "dataset.json", add_ignore)
     out = tmp_path / "bundle"
     code, _, err = run_cli(["export", "nnunet", str(folder), "-o", str(out)], capsys)
     assert code == 0, err

@@ -21,9 +21,8 @@ from export_fixtures import (  # noqa: E402
     TINY_PATCH,
     TINY_SPACING,
     cli_without,
-    make_results_folder,
+    make_workspace,
     run_cli,
-    write_ct_image,
 )
 
 from edge_seg.bundle import load_bundle  # noqa: E402
@@ -31,12 +30,7 @@ from edge_seg.bundle import load_bundle  # noqa: E402
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("export")
-    results = make_results_folder(root / "nnUNet_results", seed=3, folds=(0, 1))
-    images = root / "images"
-    for i in range(2):
-        write_ct_image(images / f"case{i}_0000.nii.gz", seed=i)
-    return {"root": root, "results": results, "images": images}
+    return make_workspace(tmp_path_factory.mktemp("export"))
 
 
 

@@ -95,6 +95,7 @@ def predict(
 ) -> None:
     """Segment abdominal organs in a CT/MR scan with a model bundle, on the CPU."""
     from edge_seg.batch import case_name, folder_kind, survey_folder
+    from edge_seg.bundle import model_channels
     from edge_seg.options import PredictOptions
     from edge_seg.shards import parse_shard, select
 
@@ -136,7 +137,7 @@ def predict(
             )
         from edge_seg.channels import first_channel_scans
 
-        channels = _model_channels(model)
+        channels = model_channels(model)
         every = scans = first_channel_scans(found.scans, channels)
         if part is not None:
             scans = select(every, part, case_name)
@@ -154,17 +155,10 @@ def predict(
     )
 
 
-def _model_channels(model: Path | None) -> int:
-    """The model's input channels, from its manifest (read before the model compiles, so
-    that the scan's other channel files are read beside it)."""
-    from edge_seg.bundle import default_bundle_dir, load_bundle
-
-    return len(load_bundle(model if model is not None else default_bundle_dir()).channels)
-
-
 def _run_single(
     scan: Path, out: Path, model: Path | None, options, preview: Path | None, quiet: bool
 ) -> None:
+    from edge_seg.bundle import model_channels
     from edge_seg.io import check_output_path, check_writable_location, write_label_map
     from edge_seg.launch import open_predictor_and_read
 
@@ -180,7 +174,7 @@ def _run_single(
         # Checked now: the label map is written before the preview, and a preview that
         # cannot be written must not leave a label map behind an error exit.
         check_writable_location(preview)
-    predictor, volume = open_predictor_and_read(model, options, scan, _model_channels(model))
+    predictor, volume = open_predictor_and_read(model, options, scan, model_channels(model))
     prediction = predictor.predict(volume)
     write_label_map(prediction.labels, volume, out)
     if preview is not None:
